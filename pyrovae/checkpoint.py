@@ -1,0 +1,98 @@
+"""Atomic files and checkpoints: a run interrupted at any moment keeps its last good checkpoint.
+
+Every file is written to a temporary name in the same folder, flushed to disk, then renamed over the
+old one (``os.replace`` is atomic on POSIX and Windows), so a reader sees the old file or the new one,
+never half of either.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig, build_model
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+METRICS = "metrics.json"
+FORMAT = "pyrovae-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, truncated, or not one that pyrovae wrote."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """``torch.save`` ``state`` (plus a format tag) atomically to ``path``."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns:
+        dict with ``config`` (a :class:`RunConfig` dict), ``epoch``, ``model``, ``optimizer``,
+        ``scheduler``, ``history`` and ``rng``.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable (truncated or corrupt) or not a pyrovae
+            checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train a run first (pyrovae train --out DIR)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        raise CheckpointError(f"cannot read the checkpoint {path} ({type(e).__name__}: {e}); it is truncated "
+                              "or corrupt. Restore it from a copy or train the run again") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pyrovae checkpoint (expected format {FORMAT})")
+    return state
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild the trained model of a run folder from its checkpoint alone.
+
+    Returns:
+        ``(vae, config, state)``: the :class:`pyrovae.VAE` in eval mode on ``device``, its
+        :class:`RunConfig`, and the raw checkpoint dict.
+
+    Raises:
+        CheckpointError: see :func:`load_checkpoint`; also when the weights do not fit the config.
+    """
+    path = Path(run_dir) / CHECKPOINT
+    state = load_checkpoint(path, map_location=device)
+    config = RunConfig.from_dict(state["config"])
+    vae = build_model(config.model)
+    try:
+        vae.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the weights do not match the model its config describes ({e})") from e
+    return vae.to(device).eval(), config, state
