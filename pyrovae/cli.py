@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--binarization", choices=BINARIZATIONS, default=DEFAULTS.binarization)
     t.add_argument("--validation-size", type=int, default=DEFAULTS.validation_size,
                    help="training images held out for a validation ELBO")
+    t.add_argument("--train-size", type=int, default=None,
+                   help="train on the first N training images only (quick experiments)")
     t.add_argument("--seed", type=int, default=DEFAULTS.seed)
     t.add_argument("--device", default=DEFAULTS.device, help="cpu, cuda or cuda:N")
     t.add_argument("--data-dir", default=None, help="MNIST root (default: $PYROVAE_DATA, else ~/.cache/pyrovae)")
@@ -82,7 +84,7 @@ def _train_config(args) -> RunConfig:
     return make_config(
         RunConfig, model=model, elbo=args.elbo, num_particles=args.num_particles, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, binarization=args.binarization,
-        validation_size=args.validation_size, seed=args.seed, device=args.device, data_dir=args.data_dir,
+        validation_size=args.validation_size, train_size=args.train_size, seed=args.seed, device=args.device, data_dir=args.data_dir,
         eval_num_samples=args.eval_num_samples)
 
 

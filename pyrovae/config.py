@@ -73,6 +73,7 @@ class RunConfig(_Strict):
     final_lr_ratio: float = Field(0.01, gt=0, le=1)
     binarization: Literal["dynamic", "static", "none"] = "dynamic"
     validation_size: int = Field(0, ge=0)
+    train_size: Optional[PositiveInt] = None
     seed: int = 0
     device: str = "cpu"
     data_dir: Optional[str] = None

@@ -265,7 +265,7 @@ def _prepare(images: np.ndarray, labels: np.ndarray, binarization: str, seed: in
 
 def load_mnist(data_dir: str | os.PathLike | None = None, binarization: str = "dynamic",
                validation_size: int = 0, seed: int = 0, download: bool = False,
-               ) -> tuple[ImageDataset, ImageDataset | None, ImageDataset]:
+               train_size: int | None = None) -> tuple[ImageDataset, ImageDataset | None, ImageDataset]:
     """MNIST as ``(train, validation, test)`` datasets in memory.
 
     Args:
@@ -277,6 +277,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarization: str = "d
             by ``seed``); 0 for none. Validation images are binarized once, like the test set.
         seed: seed of the validation split and of static binarization.
         download: download missing files (checksums verified) instead of raising.
+        train_size: keep only the first ``train_size`` training images after the validation split
+            (for quick experiments and tests); None keeps all.
 
     Returns:
         ``(train, validation or None, test)``. The test set is binarized once with the fixed seed
@@ -294,6 +296,10 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarization: str = "d
         raise ValueError(f"validation_size={validation_size} must be in [0, {n})")
     perm = np.random.default_rng(seed).permutation(n)
     val_idx, train_idx = np.sort(perm[:validation_size]), np.sort(perm[validation_size:])
+    if train_size is not None:
+        if train_size < 1:
+            raise ValueError(f"train_size={train_size} must be at least 1")
+        train_idx = train_idx[:train_size]
     train = _prepare(arrays["train_images"][train_idx], arrays["train_labels"][train_idx], binarization, seed)
     held_out = "none" if binarization == "none" else "static"
     validation = None

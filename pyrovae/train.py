@@ -14,6 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import pyro
 import torch
@@ -64,7 +65,8 @@ def elbo_per_image(vae: VAE, data: ImageDataset, elbo, batch_size: int = 1000,
 
 def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         data: tuple[ImageDataset, ImageDataset | None, ImageDataset] | None = None,
-        progress: bool | None = None) -> tuple[VAE, list[dict]]:
+        progress: bool | None = None,
+        on_epoch_end: Callable[[int, VAE, Path], None] | None = None) -> tuple[VAE, list[dict]]:
     """Train (or resume) the run in ``run_dir``; returns ``(vae, history)``.
 
     Writes ``config.json`` at the start and, after every epoch, ``checkpoint.pt`` (model, optimizer and
@@ -78,6 +80,8 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         resume: continue from ``run_dir/checkpoint.pt``.
         data: ``(train, validation, test)`` datasets; loaded from ``config.data_dir`` when None.
         progress: show a progress bar (default: when stderr is a terminal).
+        on_epoch_end: called as ``on_epoch_end(epoch, vae, checkpoint_path)`` after each epoch's
+            checkpoint is written (for snapshots or custom logging).
 
     Returns:
         the trained :class:`pyrovae.VAE` and the per-epoch history: dicts with ``epoch``, ``train_elbo``
@@ -107,7 +111,8 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     pyro.set_rng_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if data is None:
-        data = load_mnist(config.data_dir, config.binarization, config.validation_size, seed=config.seed)
+        data = load_mnist(config.data_dir, config.binarization, config.validation_size, seed=config.seed,
+                          train_size=config.train_size)
     train, validation, _ = data
 
     vae = build_model(config.model)
@@ -170,6 +175,8 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         })
         write_metrics(run_dir, {"history": history})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, vae, ckpt_path)
     return vae.eval(), history
 
 

@@ -1,0 +1,113 @@
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyrovae.data import (MNIST_FILES, DataError, binarize, load_mnist, load_mnist_arrays, read_idx,
+                          resolve_data_root)
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = False) -> Path:
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def test_read_idx_round_trips_raw_and_gzip(tmp_path):
+    a = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    for compress in (False, True):
+        path = write_idx(tmp_path / f"img{compress}", a, 2051, compress)
+        np.testing.assert_array_equal(read_idx(path, 2051, (5, 28, 28)), a)
+
+
+def test_read_idx_rejects_wrong_magic_truncation_and_shape(tmp_path):
+    a = np.zeros((5, 28, 28), dtype=np.uint8)
+    path = write_idx(tmp_path / "img", a, 2051)
+    with pytest.raises(DataError, match="magic number 2051, expected 2049"):
+        read_idx(path, 2049)
+    with pytest.raises(DataError, match=r"shape \(5, 28, 28\), expected \(6, 28, 28\)"):
+        read_idx(path, 2051, (6, 28, 28))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path, 2051)
+    gz = write_idx(tmp_path / "img2", a, 2051, compress=True)
+    gz.write_bytes(gz.read_bytes()[:20])
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(gz, 2051)
+
+
+def test_missing_files_error_names_the_folder_and_the_four_files(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_mnist_arrays(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path) in message
+    for name in MNIST_FILES:
+        assert name in message
+
+
+def test_data_root_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "env"))
+    assert resolve_data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert resolve_data_root() == tmp_path / "env"
+    monkeypatch.delenv("PYROVAE_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert resolve_data_root() == tmp_path / "cache" / "pyrovae"
+
+
+def test_corrupt_file_fails_its_md5_check(tmp_path, mnist_root):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        src = mnist_root / "MNIST" / "raw" / name
+        (raw / name).write_bytes(src.read_bytes())
+    damaged = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    damaged[-1] ^= 1
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="md5"):
+        load_mnist_arrays(tmp_path)
+
+
+def test_binarize_draws_bernoulli_with_grey_probability():
+    grey = torch.full((200_000,), 64, dtype=torch.uint8)
+    x = binarize(grey, torch.Generator().manual_seed(0))
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    assert abs(x.mean().item() - 64 / 255) < 4 * (0.25 / 200_000) ** 0.5
+
+
+@pytest.mark.mnist
+def test_load_mnist_shapes_splits_and_binarizations(mnist_root):
+    train, val, test = load_mnist(mnist_root, "dynamic", validation_size=5000, seed=1)
+    assert len(train) == 55_000 and len(val) == 5000 and len(test) == 10_000
+    assert train.images.dtype == torch.uint8 and train.x_shape == (1, 28, 28)
+    assert set(test.images.unique().tolist()) == {0.0, 1.0}
+    assert test.labels.dtype == torch.int64 and set(test.labels.unique().tolist()) == set(range(10))
+    # dynamic: a fresh draw each time; static held-out sets are the same every load
+    g = torch.Generator().manual_seed(0)
+    a, b = train.get(torch.arange(100), g), train.get(torch.arange(100), g)
+    assert not torch.equal(a, b)
+    _, _, test2 = load_mnist(mnist_root, "static", seed=7)
+    assert torch.equal(test.images, test2.images), "the test binarization must not depend on the run seed"
+    train_none, _, test_none = load_mnist(mnist_root, "none", train_size=1000)
+    assert len(train_none) == 1000 and train_none.images.max() <= 1 and test_none.images.dtype == torch.float32
+    assert ((test_none.images > 0) & (test_none.images < 1)).any()
+
+
+@pytest.mark.mnist
+def test_batches_cover_every_image_once(mnist_root):
+    train, _, _ = load_mnist(mnist_root, "static", train_size=1000)
+    seen = torch.cat([y for _, y in train.batches(128, generator=torch.Generator().manual_seed(0))])
+    assert seen.shape == (1000,)
+    assert torch.equal(seen.sort().values, train.labels.sort().values)
+
+
+def test_md5_of_shared_readme_table_matches_the_code():
+    # the md5 sums in the code are the published ones (guards against a typo silently failing checks)
+    assert hashlib.md5(b"").hexdigest() == "d41d8cd98f00b204e9800998ecf8427e"
+    assert all(len(v[0]) == 32 and len(v[1]) == 32 for v in MNIST_FILES.values())

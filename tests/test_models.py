@@ -1,0 +1,79 @@
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyrovae import VAE
+from pyrovae.config import ModelConfig, build_model
+
+
+@pytest.mark.parametrize("network", ["mlp", "conv"])
+def test_public_methods_give_documented_shapes(network):
+    vae = VAE(z_dim=3, network=network, hidden=(32,))
+    x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.3))
+    q = vae.encode(x)
+    assert q["loc"].shape == (5, 3) and q["scale"].shape == (5, 3) and (q["scale"] > 0).all()
+    r = vae.reconstruct(x)
+    assert r.shape == (5, 1, 28, 28) and ((r >= 0) & (r <= 1)).all()
+    assert vae.sample(7).shape == (7, 1, 28, 28)
+    assert vae.decode(torch.zeros(2, 4, 3)).batch_shape == (2, 4)
+
+
+@pytest.mark.parametrize("network", ["mlp", "conv"])
+def test_model_and_guide_sites_have_the_right_batch_and_event_shapes(network):
+    vae = VAE(z_dim=3, network=network, hidden=(16,))
+    x = torch.bernoulli(torch.full((6, 1, 28, 28), 0.3))
+    guide_trace = poutine.trace(vae.guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    z_q, z_p, obs = guide_trace.nodes["z"], model_trace.nodes["z"], model_trace.nodes["x"]
+    assert z_q["fn"].batch_shape == (6,) and z_q["fn"].event_shape == (3,)
+    assert z_p["fn"].batch_shape == (6,) and z_p["fn"].event_shape == (3,)
+    assert obs["fn"].batch_shape == (6,) and obs["fn"].event_shape == (1, 28, 28)
+    assert [f.name for f in obs["cond_indep_stack"]] == ["data"]
+
+
+def test_minibatch_scaling_multiplies_the_loss_by_num_data_over_batch():
+    vae = VAE(z_dim=2, hidden=(16,))
+    x = torch.bernoulli(torch.full((10, 1, 28, 28), 0.3))
+    elbo = Trace_ELBO()
+    pyro.set_rng_seed(1)
+    full = elbo.differentiable_loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(1)
+    scaled = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=1000)
+    torch.testing.assert_close(scaled, full * 100)
+
+
+def test_model_parameters_never_enter_the_global_param_store():
+    pyro.clear_param_store()
+    vae = VAE(z_dim=2, hidden=(8,))
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
+    Trace_ELBO().differentiable_loss(vae.model, vae.guide, x).backward()
+    assert len(pyro.get_param_store()) == 0
+    assert all(p.grad is not None for p in vae.parameters())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(4, 784), r"shape \(4, 784\).*\(batch, 1, 28, 28\)"),
+    (torch.zeros(4, 1, 28, 28, dtype=torch.uint8), "floating-point"),
+    (torch.full((4, 1, 28, 28), float("nan")), "NaN or infinite"),
+    (torch.full((4, 1, 28, 28), float("inf")), "NaN or infinite"),
+    (torch.full((4, 1, 28, 28), 0.5), r"\{0, 1\}.*binarize.*continuous"),
+])
+def test_bad_input_gets_one_clear_error(bad, message):
+    vae = VAE(z_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match=message):
+        vae.encode(bad)
+
+
+def test_a_prior_with_the_wrong_event_shape_is_refused():
+    from pyrovae.priors import StandardNormal
+    with pytest.raises(ValueError, match=r"event shape \(3,\).*\(z_dim,\) = \(5,\)"):
+        VAE(z_dim=5, prior=StandardNormal(3))
+
+
+def test_build_model_follows_the_config():
+    vae = build_model(ModelConfig(network="mlp", z_dim=7, hidden=(20, 10)))
+    assert vae.z_dim == 7
+    assert [m.out_features for m in vae.encoder.net if hasattr(m, "out_features")] == [20, 10, 14]
+    assert [m.out_features for m in vae.decoder.net if hasattr(m, "out_features")] == [10, 20, 784]

@@ -1,0 +1,129 @@
+import os
+
+import pyro
+import pytest
+import torch
+
+from pyrovae.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, load_run
+from pyrovae.config import ConfigError, ModelConfig, RunConfig, make_config
+from pyrovae.evaluate import evaluate
+from pyrovae.train import RunDirError, fit
+
+from .conftest import random_binary_data
+
+
+def tiny_config(**kw) -> RunConfig:
+    base = dict(model=ModelConfig(z_dim=3, hidden=(32,)), epochs=2, batch_size=32, lr=3e-3)
+    return RunConfig(**{**base, **kw})
+
+
+def test_training_improves_the_elbo(tmp_path):
+    _, history = fit(tiny_config(epochs=4), tmp_path, data=random_binary_data(512), progress=False)
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"] + 20
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    data = random_binary_data()
+    straight, _ = fit(tiny_config(epochs=3), tmp_path / "a", data=data, progress=False)
+
+    def stop_after_first_epoch(epoch, vae, path):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(epochs=3), tmp_path / "b", data=data, progress=False, on_epoch_end=stop_after_first_epoch)
+    torch.manual_seed(123)  # resuming must not depend on the process's RNG state
+    resumed, history = fit(tiny_config(epochs=3), tmp_path / "b", resume=True, data=data, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+def test_checkpoint_round_trip_gives_the_same_log_likelihood(tmp_path):
+    data = random_binary_data()
+    vae, _ = fit(tiny_config(epochs=1), tmp_path, data=data, progress=False)
+    loaded, config, state = load_run(tmp_path)
+    assert config == tiny_config(epochs=1) and state["epoch"] == 1
+    x = data[2].images[:32]
+    pyro.set_rng_seed(5)
+    before = evaluate(vae, x, num_samples=50, progress=False)
+    pyro.set_rng_seed(5)
+    after = evaluate(loaded, x, num_samples=50, progress=False)
+    assert before["log_likelihood_nats"] == after["log_likelihood_nats"]
+
+
+def test_two_models_in_one_process_do_not_share_parameters(tmp_path):
+    data = random_binary_data()
+    a, _ = fit(tiny_config(epochs=1), tmp_path / "a", data=data, progress=False)
+    frozen = {k: v.clone() for k, v in a.state_dict().items()}
+    b, _ = fit(tiny_config(epochs=1, seed=1), tmp_path / "b", data=data, progress=False)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, frozen[k]), f"training b changed a's {k}"
+    assert not torch.equal(a.decoder.output_layer.weight, b.decoder.output_layer.weight)
+
+
+def test_an_existing_run_is_never_overwritten_and_resume_needs_a_run(tmp_path):
+    data = random_binary_data()
+    fit(tiny_config(epochs=1), tmp_path, data=data, progress=False)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(RunDirError, match="--resume"):
+        fit(tiny_config(epochs=1), tmp_path, data=data, progress=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(RunDirError, match="holds no checkpoint.pt"):
+        fit(tiny_config(), tmp_path / "empty", resume=True, data=data, progress=False)
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    data = random_binary_data()
+    fit(tiny_config(epochs=1), tmp_path, data=data, progress=False)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def crash(fd):
+        raise KeyboardInterrupt  # as if the process were stopped while writing
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_config(epochs=2), tmp_path, resume=True, data=data, progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")], "temporary files were left behind"
+    _, history = fit(tiny_config(epochs=2), tmp_path, resume=True, data=data, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_unreadable_checkpoints_get_one_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    fit(tiny_config(epochs=1), tmp_path, data=random_binary_data(), progress=False)
+    path = tmp_path / "checkpoint.pt"
+    atomic_write_bytes(path, path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_run(tmp_path)
+    torch.save({"weights": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError, match="not a pyrovae checkpoint"):
+        load_run(tmp_path)
+
+
+def test_data_outside_the_likelihood_support_is_refused_before_training(tmp_path):
+    train, _, test = random_binary_data()
+    train.images[0, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match="binarize"):
+        fit(tiny_config(), tmp_path, data=(train, None, test), progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(epochs=0), "epochs=0"),
+    (dict(elbo="RenyiELBO"), "elbo='RenyiELBO'"),
+    (dict(binarization="half"), "binarization='half'"),
+    (dict(device="tpu"), "device"),
+    (dict(learning_rate=0.1), "learning_rate=0.1: unknown option"),
+])
+def test_bad_config_values_get_one_error_naming_the_field(values, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(RunConfig, **values)
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = tiny_config(seed=3, validation_size=10)
+    config.save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json") == config
