@@ -63,6 +63,18 @@ def elbo_per_image(vae: VAE, data: ImageDataset, elbo, batch_size: int = 1000,
     return total / len(data)
 
 
+def train_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, x: torch.Tensor, num_data: int) -> torch.Tensor:
+    """One SVI step on a mini-batch ``x (batch, *x_shape)`` of a data set of ``num_data`` images.
+
+    Returns the detached loss: the negative ELBO of the batch in nats per image.
+    """
+    loss = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data) / num_data
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         data: tuple[ImageDataset, ImageDataset | None, ImageDataset] | None = None,
         progress: bool | None = None,
@@ -155,12 +167,8 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         with pyro.validation_enabled(False):
             for x, _ in bar:
                 x = x.to(device, non_blocking=True)
-                loss = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=n) / n
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                total += train_step(vae, elbo, optimizer, x, n) * x.shape[0]
                 scheduler.step()
-                total += loss.detach() * x.shape[0]
         row = {"epoch": epoch, "train_elbo": -total.item() / n, "lr": optimizer.param_groups[0]["lr"]}
         if validation is not None:
             vae.eval()
