@@ -111,3 +111,41 @@ def test_md5_of_shared_readme_table_matches_the_code():
     # the md5 sums in the code are the published ones (guards against a typo silently failing checks)
     assert hashlib.md5(b"").hexdigest() == "d41d8cd98f00b204e9800998ecf8427e"
     assert all(len(v[0]) == 32 and len(v[1]) == 32 for v in MNIST_FILES.values())
+
+
+def _fake_mirror(tmp_path, monkeypatch):
+    """A file:// mirror serving small valid IDX .gz files, with the checksums patched to theirs."""
+    import pyrovae.data as data
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    patched = {}
+    rng = np.random.default_rng(0)
+    for name, (md5, _, magic, shape) in MNIST_FILES.items():
+        small = (7,) + shape[1:]
+        array = rng.integers(0, 10 if magic == 2049 else 256, small, dtype=np.uint8)
+        gz = write_idx(mirror / name, array, magic, compress=True)
+        patched[name] = (md5, hashlib.md5(gz.read_bytes()).hexdigest(), magic, small)
+    monkeypatch.setattr(data, "MNIST_FILES", patched)
+    return mirror.as_uri() + "/"
+
+
+def test_download_verifies_checksums_and_then_loads(tmp_path, monkeypatch):
+    import pyrovae.data as data
+    url = _fake_mirror(tmp_path, monkeypatch)
+    raw = data.download_mnist(tmp_path / "root", mirrors=("file:///nonexistent/", url))
+    assert sorted(p.name for p in raw.iterdir()) == sorted(n + ".gz" for n in MNIST_FILES)
+    arrays = data.load_mnist_arrays(tmp_path / "root")
+    assert arrays["train_images"].shape == (7, 28, 28) and arrays["test_labels"].shape == (7,)
+
+
+def test_download_with_a_bad_checksum_leaves_nothing_behind(tmp_path, monkeypatch):
+    import pyrovae.data as data
+    url = _fake_mirror(tmp_path, monkeypatch)
+    name = "train-images-idx3-ubyte"
+    md5, _, magic, shape = data.MNIST_FILES[name]
+    monkeypatch.setitem(data.MNIST_FILES, name, (md5, "0" * 32, magic, shape))
+    with pytest.raises(DataError, match=f"could not download {name}.gz.*md5"):
+        data.download_mnist(tmp_path / "root", mirrors=(url,))
+    raw = tmp_path / "root" / "MNIST" / "raw"
+    assert not (raw / (name + ".gz")).exists()
+    assert not [p for p in raw.iterdir() if p.name.endswith(".part")]
