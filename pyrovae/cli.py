@@ -98,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             config = _train_config(args)
             out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.model.network}-z{config.model.z_dim}"
-            metrics = runs.train_run(config, out, resume=args.resume, progress=not args.no_progress and None)
+            metrics = runs.train_run(config, out, resume=args.resume, progress=False if args.no_progress else None)
             print(json.dumps({"run_dir": out, **metrics["test"]}, indent=2))
         elif args.command == "evaluate":
             metrics = runs.evaluate_run(args.run_dir, args.num_samples, args.data_dir, args.device,
-                                        args.max_chunk, progress=not args.no_progress and None)
+                                        args.max_chunk, progress=False if args.no_progress else None)
             print(json.dumps(metrics, indent=2))
         elif args.command == "sample":
             print(runs.sample_run(args.run_dir, args.n, args.seed, args.out, args.device))
