@@ -21,9 +21,8 @@ import torch
 
 from pyrovae.checkpoint import load_run
 from pyrovae.config import RunConfig
-from pyrovae.data import load_mnist
 from pyrovae.evaluate import evaluate
-from pyrovae.train import fit
+from pyrovae.train import fit, load_data
 
 
 def main() -> None:
@@ -40,7 +39,7 @@ def main() -> None:
     out = Path(args.out)
     snapshots = sorted({int(e) for e in args.snapshots.split(",") if e} - {args.epochs})
     config = RunConfig(epochs=args.epochs, data_dir=args.data_dir)
-    data = load_mnist(args.data_dir, config.binarization, 0, seed=config.seed)
+    data = load_data(config)
 
     def snapshot(epoch, vae, ckpt):
         if epoch in snapshots:

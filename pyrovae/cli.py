@@ -84,8 +84,8 @@ def _train_config(args) -> RunConfig:
     return make_config(
         RunConfig, model=model, elbo=args.elbo, num_particles=args.num_particles, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, binarization=args.binarization,
-        validation_size=args.validation_size, train_size=args.train_size, seed=args.seed, device=args.device, data_dir=args.data_dir,
-        eval_num_samples=args.eval_num_samples)
+        validation_size=args.validation_size, train_size=args.train_size, seed=args.seed, device=args.device,
+        data_dir=args.data_dir, eval_num_samples=args.eval_num_samples)
 
 
 def main(argv: list[str] | None = None) -> int:

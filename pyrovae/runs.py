@@ -19,7 +19,7 @@ from .config import RunConfig
 from .data import ImageDataset, load_mnist
 from .evaluate import evaluate
 from .models import VAE
-from .train import fit, resolve_device, write_metrics
+from .train import fit, load_data, resolve_device, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ def train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool = Fals
               progress: bool | None = None) -> dict:
     """``pyrovae train``: fit, then evaluate on the test set with ``config.eval_num_samples`` importance
     samples, draw the figures, and return ``metrics.json``'s content."""
-    data = load_mnist(config.data_dir, config.binarization, config.validation_size, seed=config.seed,
-                      train_size=config.train_size)
+    data = load_data(config)
     vae, history = fit(config, run_dir, resume=resume, data=data, progress=progress)
     config = RunConfig.load(Path(run_dir) / "config.json")
     test = data[2]

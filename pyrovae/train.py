@@ -63,6 +63,13 @@ def elbo_per_image(vae: VAE, data: ImageDataset, elbo, batch_size: int = 1000,
     return total / len(data)
 
 
+def load_data(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, ImageDataset]:
+    """The ``(train, validation, test)`` MNIST datasets that ``config`` describes (see
+    :func:`pyrovae.data.load_mnist`)."""
+    return load_mnist(config.data_dir, config.binarization, config.validation_size, seed=config.seed,
+                      train_size=config.train_size)
+
+
 def train_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, x: torch.Tensor, num_data: int) -> torch.Tensor:
     """One SVI step on a mini-batch ``x (batch, *x_shape)`` of a data set of ``num_data`` images.
 
@@ -123,8 +130,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     pyro.set_rng_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if data is None:
-        data = load_mnist(config.data_dir, config.binarization, config.validation_size, seed=config.seed,
-                          train_size=config.train_size)
+        data = load_data(config)
     train, validation, _ = data
 
     vae = build_model(config.model)
