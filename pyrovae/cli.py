@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--elbo", choices=tuple(ELBOS), default=DEFAULTS.elbo,
                    help="TraceMeanField_ELBO uses the analytic KL")
     t.add_argument("--num-particles", type=int, default=DEFAULTS.num_particles)
+    t.add_argument("--beta", type=float, default=DEFAULTS.beta,
+                   help="weight on the KL term (1: the ELBO; beta-VAE otherwise)")
+    t.add_argument("--kl-warmup-epochs", type=float, default=DEFAULTS.kl_warmup_epochs,
+                   help="epochs over which the KL weight rises linearly to --beta")
     t.add_argument("--binarization", choices=BINARIZATIONS, default=DEFAULTS.binarization)
     t.add_argument("--validation-size", type=int, default=DEFAULTS.validation_size,
                    help="training images held out for a validation ELBO")
@@ -82,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_config(args) -> RunConfig:
     model = make_config(ModelConfig, network=args.network, z_dim=args.z_dim, hidden=args.hidden)
     return make_config(
-        RunConfig, model=model, elbo=args.elbo, num_particles=args.num_particles, epochs=args.epochs,
+        RunConfig, model=model, elbo=args.elbo, num_particles=args.num_particles, beta=args.beta,
+        kl_warmup_epochs=args.kl_warmup_epochs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, binarization=args.binarization,
         validation_size=args.validation_size, train_size=args.train_size, seed=args.seed, device=args.device,
         data_dir=args.data_dir, eval_num_samples=args.eval_num_samples)

@@ -60,13 +60,16 @@ class RunConfig(_Strict):
     """Everything a training run depends on. Defaults are the 50-d MLP VAE of the README.
 
     The optimizer is Adam at ``lr``, annealed by a cosine schedule to ``lr * final_lr_ratio`` over
-    ``epochs`` when ``lr_schedule == "cosine"``.
+    ``epochs`` when ``lr_schedule == "cosine"``. The KL term is weighed by ``beta`` (1: the ELBO;
+    beta-VAE otherwise), reached by a linear warm-up from 0 over ``kl_warmup_epochs`` epochs.
     """
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     elbo: Literal["TraceMeanField_ELBO", "Trace_ELBO"] = "TraceMeanField_ELBO"
     num_particles: PositiveInt = 1
     epochs: PositiveInt = 100
+    beta: float = Field(1.0, gt=0)
+    kl_warmup_epochs: float = Field(10.0, ge=0)
     batch_size: PositiveInt = 100
     lr: PositiveFloat = 1e-3
     lr_schedule: Literal["cosine", "constant"] = "cosine"

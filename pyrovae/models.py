@@ -18,14 +18,26 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import contextlib
+
 import pyro
 import torch
+from pyro import poutine
 from torch import nn
 
 from .guides import DiagonalNormal
 from .likelihoods import Bernoulli
 from .nets import build_networks
 from .priors import StandardNormal, check_prior
+
+
+def _scaled(beta: float):
+    """``poutine.scale(scale=beta)``, or nothing at beta = 1 (saves a handler per step)."""
+    if beta == 1.0:
+        return contextlib.nullcontext()
+    if not beta > 0:
+        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    return poutine.scale(scale=beta)
 
 
 class VAE(nn.Module):
@@ -77,18 +89,24 @@ class VAE(nn.Module):
         # A mini-batch of a data set of num_data points: log-densities are scaled by num_data / batch.
         return pyro.plate("data", num_data, subsample=torch.arange(batch), dim=-1)
 
-    def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+    def model(self, x: torch.Tensor, num_data: int | None = None, beta: float = 1.0) -> torch.Tensor:
         """p(z) p(x|z) for a batch ``x (batch, *x_shape)``; ``num_data`` is the data-set size when
-        ``x`` is a mini-batch of it (scales the ELBO to the whole set). Returns z ``(batch, z_dim)``."""
+        ``x`` is a mini-batch of it (scales the ELBO to the whole set). ``beta`` weighs the latent site
+        (``poutine.scale``), so that an ELBO over model and guide weighs its KL term by ``beta``
+        (beta-VAE, Higgins et al. 2017; KL warm-up, Sonderby et al. 2016); 1 is the ELBO itself.
+        Returns z ``(batch, z_dim)``."""
         with self._plate(x, num_data):
-            z = pyro.sample("z", self.prior())
+            with _scaled(beta):
+                z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
         return z
 
-    def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        """q(z|x) for a batch ``x (batch, *x_shape)``. Returns z ``(batch, z_dim)``."""
+    def guide(self, x: torch.Tensor, num_data: int | None = None, beta: float = 1.0) -> torch.Tensor:
+        """q(z|x) for a batch ``x (batch, *x_shape)``, with the latent site weighed by ``beta`` as in
+        :meth:`model`. Returns z ``(batch, z_dim)``."""
         with self._plate(x, num_data):
-            return pyro.sample("z", self.guide_family(self.encoder(x)))
+            with _scaled(beta):
+                return pyro.sample("z", self.guide_family(self.encoder(x)))
 
     # --- what users call ----------------------------------------------------------------------------
 

@@ -41,12 +41,35 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def make_optimizer(params, lr: float) -> torch.optim.Adam:
+    """Adam (Kingma & Ba 2015) over ``params``, using PyTorch's fused kernel where it applies
+    (floating-point parameters on CPU or CUDA).
+
+    The fused kernel computes the same update as the default per-parameter loop (equal to float
+    rounding; a test checks it) in one pass over all parameters: on the default MLP VAE it cuts the
+    optimizer step on 2 CPU cores from about 1.8 ms to 0.6 ms (``benchmarks/throughput.py``).
+    """
+    params = list(params)
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
 def _lr_lambda(config: RunConfig, steps_per_epoch: int):
     total = max(1, config.epochs * steps_per_epoch)
     if config.lr_schedule == "constant":
         return lambda step: 1.0
     r = config.final_lr_ratio
     return lambda step: r + (1 - r) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
+    """The weight on the KL term at training ``step`` (0-based): ``config.beta`` after a linear warm-up
+    over ``config.kl_warmup_epochs`` epochs, ``beta * (step + 1) / warmup_steps`` until then
+    (Sonderby et al. 2016; Bowman et al. 2016)."""
+    warmup = config.kl_warmup_epochs * steps_per_epoch
+    if warmup <= 0 or step + 1 >= warmup:
+        return config.beta
+    return config.beta * (step + 1) / warmup
 
 
 def _steps_per_epoch(n: int, batch_size: int) -> int:
@@ -70,12 +93,14 @@ def load_data(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, Ima
                       train_size=config.train_size)
 
 
-def train_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, x: torch.Tensor, num_data: int) -> torch.Tensor:
-    """One SVI step on a mini-batch ``x (batch, *x_shape)`` of a data set of ``num_data`` images.
+def train_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, x: torch.Tensor, num_data: int,
+               beta: float = 1.0) -> torch.Tensor:
+    """One SVI step on a mini-batch ``x (batch, *x_shape)`` of a data set of ``num_data`` images, with
+    the KL term weighed by ``beta`` (see :meth:`pyrovae.VAE.model`).
 
-    Returns the detached loss: the negative ELBO of the batch in nats per image.
+    Returns the detached loss: the negative (beta-weighted) ELBO of the batch in nats per image.
     """
-    loss = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data) / num_data
+    loss = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data, beta=beta) / num_data
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -104,7 +129,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
 
     Returns:
         the trained :class:`pyrovae.VAE` and the per-epoch history: dicts with ``epoch``, ``train_elbo``
-        and, with a validation split, ``validation_elbo`` (nats per image), ``lr`` and ``seconds``.
+        (the objective: the KL term weighed by ``beta``, the weight at the epoch's last step) and, with a validation split, ``validation_elbo`` (nats per image), ``lr`` and ``seconds``.
 
     Raises:
         RunDirError: ``run_dir`` holds a checkpoint and ``resume`` is False, or ``resume`` is True and
@@ -146,7 +171,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     vae.to(device)
 
     elbo = make_elbo(config.elbo, config.num_particles)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    optimizer = make_optimizer(vae.parameters(), config.lr)
     steps = _steps_per_epoch(len(train), config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps))
     history: list[dict] = []
@@ -171,11 +196,12 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         bar = tqdm(train.batches(config.batch_size, generator=generator), total=steps, leave=False,
                    desc=f"epoch {epoch}/{config.epochs}", disable=None if progress is None else not progress)
         with pyro.validation_enabled(False):
-            for x, _ in bar:
+            for i, (x, _) in enumerate(bar):
                 x = x.to(device, non_blocking=True)
-                total += train_step(vae, elbo, optimizer, x, n) * x.shape[0]
+                beta = kl_weight(config, (epoch - 1) * steps + i, steps)
+                total += train_step(vae, elbo, optimizer, x, n, beta) * x.shape[0]
                 scheduler.step()
-        row = {"epoch": epoch, "train_elbo": -total.item() / n, "lr": optimizer.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "train_elbo": -total.item() / n, "beta": beta, "lr": optimizer.param_groups[0]["lr"]}
         if validation is not None:
             vae.eval()
             row["validation_elbo"] = elbo_per_image(vae, validation, elbo, device=device)

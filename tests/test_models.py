@@ -77,3 +77,39 @@ def test_build_model_follows_the_config():
     assert vae.z_dim == 7
     assert [m.out_features for m in vae.encoder.net if hasattr(m, "out_features")] == [20, 10, 14]
     assert [m.out_features for m in vae.decoder.net if hasattr(m, "out_features")] == [10, 20, 784]
+
+
+@pytest.mark.parametrize("beta", [0.1, 4.0])
+def test_beta_weighs_exactly_the_kl_term(beta):
+    """With the analytic KL, -loss = E_q[log p(x|z)] - beta KL(q || p): the difference between two
+    betas is the KL itself, which for a diagonal Normal guide against N(0, I) is known in closed form."""
+    from pyro.infer import TraceMeanField_ELBO
+    pyro.set_rng_seed(0)
+    vae = VAE(z_dim=4, hidden=(16,))
+    x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.3))
+    elbo = TraceMeanField_ELBO(max_plate_nesting=1)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        loss_1 = elbo.differentiable_loss(vae.model, vae.guide, x)
+        torch.manual_seed(1)
+        loss_beta = elbo.differentiable_loss(vae.model, vae.guide, x, beta=beta)
+        q = vae.encode(x)
+        kl = (0.5 * (q["loc"] ** 2 + q["scale"] ** 2 - 1) - q["scale"].log()).sum()
+    torch.testing.assert_close(loss_beta - loss_1, (beta - 1) * kl, rtol=1e-4, atol=1e-3)
+
+
+def test_kl_warmup_rises_linearly_to_beta_and_stays():
+    from pyrovae.config import RunConfig
+    from pyrovae.train import kl_weight
+    config = RunConfig(beta=2.0, kl_warmup_epochs=2)
+    weights = [kl_weight(config, step, steps_per_epoch=5) for step in range(15)]
+    assert weights[0] == pytest.approx(0.2) and weights[4] == pytest.approx(1.0)
+    assert weights[9:] == [2.0] * 6
+    assert all(b > a for a, b in zip(weights[:10], weights[1:10]))
+    assert kl_weight(RunConfig(kl_warmup_epochs=0), 0, 5) == 1.0
+
+
+def test_beta_must_be_positive():
+    vae = VAE(z_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match="beta must be a positive number"):
+        Trace_ELBO().differentiable_loss(vae.model, vae.guide, torch.zeros(2, 1, 28, 28), beta=0.0)

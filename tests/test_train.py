@@ -7,7 +7,9 @@ import torch
 from pyrovae.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, load_run
 from pyrovae.config import ConfigError, ModelConfig, RunConfig, make_config
 from pyrovae.evaluate import evaluate
-from pyrovae.train import RunDirError, fit
+from pyrovae.models import VAE
+from pyrovae.objectives import make_elbo
+from pyrovae.train import RunDirError, fit, make_optimizer, train_step
 
 from .conftest import random_binary_data
 
@@ -20,6 +22,30 @@ def tiny_config(**kw) -> RunConfig:
 def test_training_improves_the_elbo(tmp_path):
     _, history = fit(tiny_config(epochs=4), tmp_path, data=random_binary_data(512), progress=False)
     assert history[-1]["train_elbo"] > history[0]["train_elbo"] + 20
+
+
+def test_fused_adam_takes_the_same_steps_as_the_default_adam():
+    data, _, _ = random_binary_data(256)
+    x = data.images[:64]
+    pyro.set_rng_seed(0)
+    a = VAE(z_dim=3, x_shape=x.shape[1:], hidden=(32,))
+    b = VAE(z_dim=3, x_shape=x.shape[1:], hidden=(32,))
+    b.load_state_dict(a.state_dict())
+    start = [p.detach().clone() for p in a.parameters()]
+    fused = make_optimizer(a.parameters(), 1e-2)
+    assert fused.defaults["fused"]
+    plain = torch.optim.Adam(b.parameters(), lr=1e-2)
+    elbo = make_elbo()
+    with pyro.validation_enabled(False):
+        for step in range(10):
+            torch.manual_seed(step)
+            la = train_step(a, elbo, fused, x, len(data))
+            torch.manual_seed(step)
+            lb = train_step(b, elbo, plain, x, len(data))
+            torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
+    assert all(not torch.equal(p, p0) for p, p0 in zip(a.parameters(), start))  # the steps moved everything
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_resume_continues_the_same_run(tmp_path):
