@@ -79,6 +79,8 @@ class VAE(nn.Module):
             encoder = encoder if encoder is not None else built[0]
             decoder = decoder if decoder is not None else built[1]
         self.encoder, self.decoder = encoder, decoder
+        if hasattr(self.prior, "attach"):  # priors built from the encoder (VampPrior) get it here
+            self.prior.attach(self)
 
     # --- the Pyro program -------------------------------------------------------------------------
 

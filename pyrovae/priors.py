@@ -7,6 +7,9 @@ The contract (what :class:`pyrovae.VAE` relies on, and all a user's own prior mu
 * calling it with no arguments returns a :class:`pyro.distributions.TorchDistribution` with
   ``event_shape == (z_dim,)`` and empty ``batch_shape``; the model samples it inside its data plate,
   which broadcasts it over the batch.
+* optionally ``attach(vae)``: called once by :class:`pyrovae.VAE` after its encoder and guide family
+  exist, for priors defined through them (the VampPrior's mixture of q(z|u_k)). Keep a plain reference
+  (``object.__setattr__``), not a submodule, so the encoder's parameters are not registered twice.
 
 Example, a Student-t prior with learned degrees of freedom::
 
