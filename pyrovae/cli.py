@@ -12,8 +12,11 @@ import time
 from .checkpoint import CheckpointError
 from .config import ConfigError, ModelConfig, RunConfig, make_config
 from .data import BINARIZATIONS, DataError
+from .guides import GUIDES
+from .likelihoods import LIKELIHOODS
 from .nets import NETWORKS
 from .objectives import ELBOS
+from .priors import PRIORS
 from .train import RunDirError
 
 DEFAULTS = RunConfig()
@@ -40,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--network", choices=NETWORKS, default=m.network)
     t.add_argument("--z-dim", type=int, default=m.z_dim, help="latent dimension")
     t.add_argument("--hidden", type=_hidden, default=m.hidden, help="MLP hidden sizes, e.g. 512,512")
+    for what, registry, default in (("prior", PRIORS, m.prior), ("likelihood", LIKELIHOODS, m.likelihood),
+                                    ("guide", GUIDES, m.guide)):
+        t.add_argument(f"--{what}", choices=tuple(registry), default=default, help=f"the {what} plug-in")
+        t.add_argument(f"--{what}-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                       help=f"an option of the {what} (repeatable), e.g. num_components=500")
     t.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     t.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     t.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
@@ -84,13 +92,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_config(args) -> RunConfig:
-    model = make_config(ModelConfig, network=args.network, z_dim=args.z_dim, hidden=args.hidden)
+    model = make_config(ModelConfig, network=args.network, z_dim=args.z_dim, hidden=args.hidden,
+                        prior=args.prior, prior_options=dict(args.prior_option),
+                        likelihood=args.likelihood, likelihood_options=dict(args.likelihood_option),
+                        guide=args.guide, guide_options=dict(args.guide_option))
     return make_config(
         RunConfig, model=model, elbo=args.elbo, num_particles=args.num_particles, beta=args.beta,
         kl_warmup_epochs=args.kl_warmup_epochs, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, binarization=args.binarization,
         validation_size=args.validation_size, train_size=args.train_size, seed=args.seed, device=args.device,
         data_dir=args.data_dir, eval_num_samples=args.eval_num_samples)
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``, the value read as JSON where it parses (numbers, true/false, lists), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, e.g. num_components=500; got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Optional
+import inspect
+from typing import Any, Literal, Optional
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -31,8 +32,11 @@ class ModelConfig(_Strict):
     hidden: tuple[PositiveInt, ...] = (512, 512)
     x_shape: tuple[PositiveInt, ...] = (1, 28, 28)
     prior: str = "standard_normal"
+    prior_options: dict[str, Any] = Field(default_factory=dict)
     likelihood: str = "bernoulli"
+    likelihood_options: dict[str, Any] = Field(default_factory=dict)
     guide: str = "diagonal_normal"
+    guide_options: dict[str, Any] = Field(default_factory=dict)
 
     @pydantic.field_validator("prior")
     @classmethod
@@ -48,6 +52,24 @@ class ModelConfig(_Strict):
     @classmethod
     def _known_guide(cls, v: str) -> str:
         return _known(v, GUIDES, "guide")
+
+    @pydantic.model_validator(mode="after")
+    def _known_options(self) -> "ModelConfig":
+        for what, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS), ("guide", GUIDES)):
+            _check_options(registry[getattr(self, what)], getattr(self, f"{what}_options"), what)
+        return self
+
+
+def _check_options(cls: type, options: dict, what: str) -> None:
+    """Raise ``ValueError`` naming the options that ``cls``'s constructor does not take."""
+    params = list(inspect.signature(cls).parameters.values())[1:]  # the first is z_dim or x_shape
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{what} {cls.__name__} has no option {', '.join(map(repr, unknown))}; it takes "
+                         f"{', '.join(accepted) or 'no options'}")
 
 
 def _known(value: str, registry: dict, what: str) -> str:
@@ -124,7 +146,7 @@ def make_config(cls: type[BaseModel], **values) -> BaseModel:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown option"
-            lines.append(f"{field}={got!r}: {msg}")
+            lines.append(f"{field}: {msg}" if isinstance(got, dict) else f"{field}={got!r}: {msg}")
         raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
 
 
@@ -133,7 +155,7 @@ def build_model(config: ModelConfig):
     from .models import VAE
     return VAE(
         z_dim=config.z_dim, x_shape=config.x_shape, network=config.network, hidden=config.hidden,
-        prior=PRIORS[config.prior](config.z_dim),
-        likelihood=LIKELIHOODS[config.likelihood](config.x_shape),
-        guide_family=GUIDES[config.guide](config.z_dim),
+        prior=PRIORS[config.prior](config.z_dim, **config.prior_options),
+        likelihood=LIKELIHOODS[config.likelihood](config.x_shape, **config.likelihood_options),
+        guide_family=GUIDES[config.guide](config.z_dim, **config.guide_options),
     )

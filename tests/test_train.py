@@ -143,6 +143,9 @@ def test_data_outside_the_likelihood_support_is_refused_before_training(tmp_path
     (dict(binarization="half"), "binarization='half'"),
     (dict(device="tpu"), "device"),
     (dict(learning_rate=0.1), "learning_rate=0.1: unknown option"),
+    (dict(beta=0), "beta=0"),
+    (dict(model=dict(prior="uniform")), "unknown prior 'uniform'"),
+    (dict(model=dict(prior_options=dict(num_components=3))), "StandardNormal has no option 'num_components'"),
 ])
 def test_bad_config_values_get_one_error_naming_the_field(values, message):
     with pytest.raises(ConfigError, match=message):
