@@ -84,6 +84,9 @@ class RunConfig(_Strict):
     The optimizer is Adam at ``lr``, annealed by a cosine schedule to ``lr * final_lr_ratio`` over
     ``epochs`` when ``lr_schedule == "cosine"``. The KL term is weighed by ``beta`` (1: the ELBO;
     beta-VAE otherwise), reached by a linear warm-up from 0 over ``kl_warmup_epochs`` epochs.
+    ``kl_term`` states how the KL term is computed: :func:`pyrovae.train.fit` fills it in (``analytic``
+    where ``elbo`` is ``TraceMeanField_ELBO`` and the guide and prior have a closed-form KL, else
+    ``monte_carlo``); a value given by hand is replaced.
     """
 
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -103,6 +106,7 @@ class RunConfig(_Strict):
     device: str = "cpu"
     data_dir: Optional[str] = None
     eval_num_samples: PositiveInt = 1000
+    kl_term: Optional[Literal["analytic", "monte_carlo"]] = None
 
     @pydantic.field_validator("device")
     @classmethod

@@ -23,13 +23,38 @@ Example, a Student-t prior with learned degrees of freedom::
         def forward(self):
             df = torch.nn.functional.softplus(self.raw_df) + 1.0
             return dist.StudentT(df, self.zeros, 1.0).to_event(1)
+
+The priors here (registered in :data:`PRIORS` under the names in brackets):
+
+* :class:`StandardNormal` (``"standard_normal"``): N(0, I);
+* :class:`LearnedNormal` (``"learned_normal"``): N(mu, diag(sigma^2)) with learned mu, sigma;
+* :class:`MixtureOfGaussians` (``"mixture"``): K learned diagonal Gaussians with learned weights;
+* :class:`VampPrior` (``"vamp"``): the mixture of the guide at K learned pseudo-inputs (Tomczak &
+  Welling 2018);
+* :class:`FlowPrior` (``"flow"``): N(0, I) through learned autoregressive flows.
+
+All log densities are in nats. :func:`kl_is_analytic` and :func:`kl_mode` say whether
+``pyro.infer.TraceMeanField_ELBO`` computes KL(q || p) in closed form or by Monte Carlo (it falls back
+to a single-sample estimate of log q(z|x) - log p(z) when ``kl_divergence`` has no rule for the pair).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import pyro.distributions as dist
 import torch
+from pyro.distributions.transforms import AffineAutoregressive, SplineAutoregressive
+from pyro.nn import AutoRegressiveNN
 from torch import nn
+from torch.distributions import kl_divergence
+from torch.nn import functional as F
+
+
+def _inverse_softplus(y: float) -> float:
+    """x with softplus(x) = y, for y > 0."""
+    return y + math.log(-math.expm1(-y))
 
 
 class StandardNormal(nn.Module):
@@ -46,8 +71,340 @@ class StandardNormal(nn.Module):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
+class LearnedNormal(nn.Module):
+    r"""p(z) = N(mu, diag(sigma^2)) with learned ``mu`` and ``sigma = softplus(raw) + min_scale``.
+
+    log p(z) = sum_d [-(z_d - mu_d)^2 / (2 sigma_d^2) - log sigma_d - log(2 pi) / 2]  (nats).
+
+    Starts at N(0, I). With a learned decoder this prior is no more expressive than N(0, I) (an affine
+    layer of the decoder can absorb mu and sigma), but it is the simplest learned prior and keeps the
+    KL term analytic against a Normal guide.
+
+    Args:
+        z_dim: latent dimension.
+        min_scale: floor on sigma, keeps log p(z) finite (default 1e-4).
+
+    Returns (``forward()``): ``Normal(mu, sigma).to_event(1)``, batch shape ``()``, event ``(z_dim,)``.
+    """
+
+    def __init__(self, z_dim: int, min_scale: float = 1e-4):
+        super().__init__()
+        if not 0 <= min_scale < 1:
+            raise ValueError(f"min_scale must be in [0, 1), got {min_scale!r}")
+        self.z_dim, self.min_scale = int(z_dim), float(min_scale)
+        self.loc = nn.Parameter(torch.zeros(self.z_dim))
+        self.raw_scale = nn.Parameter(torch.full((self.z_dim,), _inverse_softplus(1.0 - self.min_scale)))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return F.softplus(self.raw_scale) + self.min_scale
+
+    def forward(self) -> dist.TorchDistribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+class MixtureOfGaussians(nn.Module):
+    r"""p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2)): K learned diagonal Gaussians.
+
+    log p(z) = logsumexp_k [log pi_k + log N(z; mu_k, diag(sigma_k^2))]  (nats), with
+    pi = softmax(logits), sigma_k = softplus(raw_k) + ``min_scale``. The means start at independent
+    N(0, ``init_spread``^2) draws (spread out, so the components do not all collapse onto one), the
+    scales at ``init_scale`` and the weights uniform. The KL term against any guide is Monte Carlo
+    (there is no closed form for KL(q || mixture)).
+
+    Args:
+        z_dim: latent dimension.
+        num_components: K (default 10).
+        init_spread: standard deviation of the initial means (default 1).
+        init_scale: initial component scale (default 1).
+        min_scale: floor on the component scales (default 1e-4).
+
+    Returns (``forward()``): a ``MixtureSameFamily`` over ``Normal(mu, sigma).to_event(1)`` components
+    ``(K, z_dim)``: batch shape ``()``, event shape ``(z_dim,)``.
+
+    Raises:
+        ValueError: ``num_components < 1`` or non-positive scales.
+    """
+
+    def __init__(self, z_dim: int, num_components: int = 10, init_spread: float = 1.0,
+                 init_scale: float = 1.0, min_scale: float = 1e-4):
+        super().__init__()
+        if num_components < 1:
+            raise ValueError(f"num_components must be at least 1, got {num_components!r}")
+        if not init_scale > min_scale >= 0:
+            raise ValueError(f"need init_scale > min_scale >= 0, got init_scale={init_scale!r}, "
+                             f"min_scale={min_scale!r}")
+        self.z_dim, self.num_components, self.min_scale = int(z_dim), int(num_components), float(min_scale)
+        self.locs = nn.Parameter(init_spread * torch.randn(self.num_components, self.z_dim))
+        self.raw_scales = nn.Parameter(torch.full((self.num_components, self.z_dim),
+                                                  _inverse_softplus(init_scale - self.min_scale)))
+        self.logits = nn.Parameter(torch.zeros(self.num_components))
+
+    @property
+    def scales(self) -> torch.Tensor:
+        return F.softplus(self.raw_scales) + self.min_scale
+
+    def forward(self) -> dist.TorchDistribution:
+        components = dist.Normal(self.locs, self.scales).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components)
+
+
+_SQUASHES = ("sigmoid", "hardtanh", "none")
+
+
+class VampPrior(nn.Module):
+    r"""The VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k).
+
+    ``u_1..u_K`` are learned pseudo-inputs of the data's shape and q is the VAE's own guide (encoder +
+    guide family), so the prior is the aggregate posterior of K learned "images":
+
+        log p(z) = logsumexp_k log q(z | u_k) - log K   (nats).
+
+    The pseudo-inputs live in the data range through ``squash``: ``"sigmoid"`` (default, u = sigmoid(raw),
+    for data in [0, 1] such as binarized MNIST; never has zero gradient), ``"hardtanh"`` (u = clamp of raw to
+    [0, 1], the paper's choice) or ``"none"`` (real-valued data). They start at ``init_mean`` plus
+    N(0, ``init_std``^2) noise in data space (the paper uses small noise around a constant); use
+    :meth:`set_pseudo_inputs` to start them at data points instead.
+
+    Construction is in two steps, because the prior is made of the VAE's encoder: ``VampPrior(z_dim, K)``
+    makes the module, and ``VAE(prior=...)`` calls :meth:`attach`, which keeps a plain (unregistered)
+    reference to the VAE and creates the pseudo-input parameter ``raw_pseudo_inputs`` with shape
+    ``(K, *vae.x_shape)``. The state dict therefore holds the pseudo-inputs once under ``prior.`` and the
+    encoder once under ``encoder.``; loading it into a fresh ``VAE(prior=VampPrior(z_dim, K))`` restores
+    the prior.
+
+    Cost: each call encodes the K pseudo-inputs, and ``log_prob`` of N points evaluates N x K component
+    densities (temporaries of N K z_dim numbers: for :func:`pyrovae.evaluate.log_likelihood`, N is
+    ``max_chunk`` (sample, image) pairs, so lower ``max_chunk`` for large K). With a guide family whose
+    log q needs an inverse flow (:class:`pyrovae.guides.IAF`) each density costs ``z_dim`` network passes.
+
+    Args:
+        z_dim: latent dimension (must equal the VAE's).
+        num_components: K, the number of pseudo-inputs (default 500, the paper's MNIST setting).
+        squash: ``"sigmoid"``, ``"hardtanh"`` or ``"none"`` (see above).
+        init_mean, init_std: initial pseudo-inputs in data space (default 0.5 and 0.01).
+
+    Returns (``forward()``): a ``MixtureSameFamily`` with uniform weights over the guide family's
+    distribution at the pseudo-inputs (batch shape ``(K,)``): batch shape ``()``, event ``(z_dim,)``.
+
+    Raises:
+        RuntimeError: called (or :meth:`set_pseudo_inputs`) before :meth:`attach`; attached to a second VAE.
+        ValueError: bad options; in :meth:`attach`, a VAE with another ``z_dim``, or a guide family whose
+            distribution cannot serve as mixture components (batch shape not ``(K,)``, event shape not
+            ``(z_dim,)``, or a ``log_prob`` that does not broadcast over the components).
+    """
+
+    def __init__(self, z_dim: int, num_components: int = 500, squash: str = "sigmoid",
+                 init_mean: float = 0.5, init_std: float = 0.01):
+        super().__init__()
+        if num_components < 1:
+            raise ValueError(f"num_components must be at least 1, got {num_components!r}")
+        if squash not in _SQUASHES:
+            raise ValueError(f"squash={squash!r} is unknown; choose one of {', '.join(_SQUASHES)}")
+        if squash != "none" and not 0 < init_mean < 1:
+            raise ValueError(f"init_mean={init_mean!r} must be inside (0, 1) with squash={squash!r}")
+        self.z_dim, self.num_components, self.squash = int(z_dim), int(num_components), squash
+        self.init_mean, self.init_std = float(init_mean), float(init_std)
+        self.register_parameter("raw_pseudo_inputs", None)  # created by attach(vae), shape (K, *x_shape)
+        object.__setattr__(self, "_vae", None)
+
+    @property
+    def is_attached(self) -> bool:
+        return self._vae is not None
+
+    # --- pseudo-inputs in data space <-> the unconstrained parameter ------------------------------
+
+    def _squash(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.squash == "sigmoid":
+            return torch.sigmoid(raw)
+        if self.squash == "hardtanh":
+            return F.hardtanh(raw, 0.0, 1.0)
+        return raw
+
+    def _unsquash(self, u: torch.Tensor) -> torch.Tensor:
+        if self.squash == "sigmoid":
+            eps = torch.finfo(u.dtype).eps ** 0.5
+            return torch.logit(u.clamp(eps, 1 - eps))
+        if self.squash == "hardtanh":
+            return u.clamp(0.0, 1.0)
+        return u
+
+    @property
+    def pseudo_inputs(self) -> torch.Tensor:
+        """u_1..u_K in data space: ``(K, *x_shape)``."""
+        self._require_attached()
+        return self._squash(self.raw_pseudo_inputs)
+
+    @torch.no_grad()
+    def set_pseudo_inputs(self, u: torch.Tensor) -> None:
+        """Set the pseudo-inputs to ``u (K, *x_shape)`` in data space (e.g. K training images), clamped
+        inside the squash's range (sigmoid: [sqrt(eps), 1 - sqrt(eps)])."""
+        self._require_attached()
+        if tuple(u.shape) != tuple(self.raw_pseudo_inputs.shape):
+            raise ValueError(f"pseudo-inputs must have shape {tuple(self.raw_pseudo_inputs.shape)}, "
+                             f"got {tuple(u.shape)}")
+        self.raw_pseudo_inputs.copy_(self._unsquash(u.to(self.raw_pseudo_inputs)))
+
+    # --- the hook ---------------------------------------------------------------------------------
+
+    def _require_attached(self) -> None:
+        if self._vae is None:
+            raise RuntimeError("this VampPrior is not attached to a VAE yet: it is the mixture of the VAE's "
+                               "guide at learned pseudo-inputs, so build it as VAE(prior=VampPrior(z_dim, K), "
+                               "...), which calls prior.attach(vae)")
+
+    def attach(self, vae: nn.Module) -> None:
+        """Keep a plain reference to ``vae`` (its ``encoder``, ``guide_family`` and ``x_shape``) and create
+        the pseudo-inputs ``(K, *vae.x_shape)`` on the encoder's device; then check that the guide family's
+        distribution at the pseudo-inputs works as mixture components."""
+        if self._vae is vae:
+            return
+        if self._vae is not None:
+            raise RuntimeError("this VampPrior is already attached to another VAE; make a new VampPrior "
+                               "for each VAE")
+        if int(vae.z_dim) != self.z_dim:
+            raise ValueError(f"the prior {type(self).__name__} has z_dim {self.z_dim} but the VAE has z_dim "
+                             f"{vae.z_dim}: the prior must give event shape (z_dim,) = ({vae.z_dim},)")
+        param = next(vae.encoder.parameters(), None)
+        factory = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+        u = self.init_mean + self.init_std * torch.randn(self.num_components, *vae.x_shape, **factory)
+        if self.squash != "none":
+            u = u.clamp(0.0, 1.0)
+        self.raw_pseudo_inputs = nn.Parameter(self._unsquash(u))
+        object.__setattr__(self, "_vae", vae)
+        try:
+            self._check_components()
+        except Exception:
+            object.__setattr__(self, "_vae", None)
+            self.raw_pseudo_inputs = None
+            raise
+
+    @torch.no_grad()
+    def _check_components(self) -> None:
+        family = type(self._vae.guide_family).__name__
+        encoder, was_training = self._vae.encoder, self._vae.encoder.training
+        encoder.eval()  # a probe: leave e.g. batch-norm statistics as they are
+        try:
+            q = self._vae.guide_family(encoder(self.pseudo_inputs))
+        finally:
+            encoder.train(was_training)
+        where = (f"the guide family {family} gives, at the {self.num_components} pseudo-inputs, "
+                 f"{type(q).__name__}")
+        if not isinstance(q, torch.distributions.Distribution):
+            raise ValueError(f"{where}, not a torch Distribution: it cannot serve as VampPrior mixture "
+                             f"components")
+        if tuple(q.batch_shape) != (self.num_components,) or tuple(q.event_shape) != (self.z_dim,):
+            raise ValueError(f"{where} with batch shape {tuple(q.batch_shape)} and event shape "
+                             f"{tuple(q.event_shape)}; VampPrior mixture components need batch shape "
+                             f"({self.num_components},) and event shape ({self.z_dim},)")
+        probe = torch.zeros(3, 2, self.z_dim, device=self.raw_pseudo_inputs.device,
+                            dtype=self.raw_pseudo_inputs.dtype)
+        try:
+            lp = self._mixture(q).log_prob(probe)
+        except Exception as e:  # any failure here means log q(z | u_k) does not broadcast over k
+            raise ValueError(f"{where}, whose log_prob fails as VampPrior mixture components "
+                             f"(log q(z | u_k) must broadcast z (..., 1, z_dim) against the K "
+                             f"components): {type(e).__name__}: {e}") from e
+        if tuple(lp.shape) != (3, 2):
+            raise ValueError(f"{where}, whose log_prob as VampPrior mixture components has shape "
+                             f"{tuple(lp.shape)} for z of shape (3, 2, {self.z_dim}); expected (3, 2)")
+
+    def _mixture(self, components: torch.distributions.Distribution) -> dist.TorchDistribution:
+        weights = torch.zeros(self.num_components, device=self.raw_pseudo_inputs.device,
+                              dtype=self.raw_pseudo_inputs.dtype)
+        return dist.MixtureSameFamily(dist.Categorical(logits=weights), components)
+
+    def forward(self) -> dist.TorchDistribution:
+        vae = self._vae
+        if vae is None:
+            self._require_attached()
+        return self._mixture(vae.guide_family(vae.encoder(self.pseudo_inputs)))
+
+
+_FLOW_KINDS = ("spline", "affine")
+
+
+class FlowPrior(nn.Module):
+    r"""p(z): N(0, I) pushed through ``num_flows`` learned autoregressive bijections.
+
+    The networks define a map u = T(z) = T_L(...T_1(z)) from latent space to the base space, so that
+
+        log p(z) = log N(T(z); 0, I) + log |det dT/dz|(z)   (nats)
+
+    costs one network pass per layer (the direction training needs: the ELBO scores the guide's z
+    under the prior), while sampling z = T^{-1}(u), u ~ N(0, I), inverts each layer in ``z_dim``
+    sequential passes (this is the masked autoregressive flow arrangement, Papamakarios et al. 2017).
+    Layers alternate the identity and the reversed ordering of the latent dimensions.
+
+    * ``kind="spline"`` (default): monotonic rational-quadratic splines on [-bound, bound] with
+      ``count_bins`` bins, identity outside (neural spline flows, Durkan et al. 2019), parameters from a
+      MADE network (``pyro.distributions.transforms.SplineAutoregressive``). Default hidden sizes
+      ``(10 z_dim, 10 z_dim)``.
+    * ``kind="affine"``: T_l(z)_d = exp(s_d(z_<d)) z_d + m_d(z_<d) (Pyro's ``AffineAutoregressive``,
+      log-scale clipped to [-5, 3]), log |det| = sum_d s_d. Default hidden sizes ``(3 z_dim + 1,)``.
+
+    The MADE networks are registered in ``self.nets`` (an ``nn.ModuleList``), so they train, move and
+    save with the model; the Pyro transform objects are rebuilt at each call, so no cached value
+    outlives an optimizer step. The KL term is always Monte Carlo.
+
+    Args:
+        z_dim: latent dimension (at least 2 for the flow to couple dimensions; 1 works, with Pyro's
+            warning, as an elementwise flow).
+        num_flows: L, the number of layers (default 2).
+        kind: ``"spline"`` or ``"affine"``.
+        hidden: hidden sizes of each MADE network (each at least ``z_dim``).
+        count_bins, bound: the spline's bins and box (spline only; default 8 and 3.0).
+
+    Returns (``forward()``): a ``TransformedDistribution``, batch shape ``()``, event ``(z_dim,)``.
+
+    Raises:
+        ValueError: unknown ``kind``, ``num_flows < 1``, or a hidden size below ``z_dim``.
+    """
+
+    def __init__(self, z_dim: int, num_flows: int = 2, kind: str = "spline",
+                 hidden: Sequence[int] | None = None, count_bins: int = 8, bound: float = 3.0):
+        super().__init__()
+        if kind not in _FLOW_KINDS:
+            raise ValueError(f"kind={kind!r} is unknown; choose one of {', '.join(_FLOW_KINDS)}")
+        if num_flows < 1:
+            raise ValueError(f"num_flows must be at least 1, got {num_flows!r}")
+        self.z_dim, self.num_flows, self.kind = int(z_dim), int(num_flows), kind
+        self.count_bins, self.bound = int(count_bins), float(bound)
+        if hidden is None:
+            hidden = (10 * self.z_dim, 10 * self.z_dim) if kind == "spline" else (3 * self.z_dim + 1,)
+        self.hidden = tuple(int(h) for h in hidden)
+        if any(h < self.z_dim for h in self.hidden):
+            raise ValueError(f"hidden sizes {self.hidden} must each be at least z_dim = {self.z_dim}")
+        param_dims = ([self.count_bins, self.count_bins, self.count_bins - 1, self.count_bins]
+                      if kind == "spline" else [1, 1])
+        order = torch.arange(self.z_dim)
+        self.nets = nn.ModuleList(
+            AutoRegressiveNN(self.z_dim, list(self.hidden), param_dims=param_dims,
+                             permutation=order if i % 2 == 0 else order.flip(0))
+            for i in range(self.num_flows))
+        self.register_buffer("loc", torch.zeros(self.z_dim))
+        self.register_buffer("scale", torch.ones(self.z_dim))
+
+    def layers(self) -> list:
+        """Fresh Pyro transforms T_1, ..., T_L (latent space -> base space), sharing ``self.nets``."""
+        if self.kind == "spline":
+            return [SplineAutoregressive(self.z_dim, net, count_bins=self.count_bins, bound=self.bound)
+                    for net in self.nets]
+        return [AffineAutoregressive(net) for net in self.nets]
+
+    def forward(self) -> dist.TorchDistribution:
+        base = dist.Normal(self.loc, self.scale).to_event(1)
+        # TransformedDistribution maps base samples through its list in order: T_L^{-1}, ..., T_1^{-1}.
+        return dist.TransformedDistribution(base, [t.inv for t in reversed(self.layers())])
+
+
 def check_prior(prior: nn.Module, z_dim: int) -> None:
-    """Raise ``ValueError`` unless ``prior()`` has event shape ``(z_dim,)`` and no batch shape."""
+    """Raise ``ValueError`` unless ``prior()`` has event shape ``(z_dim,)`` and no batch shape.
+
+    A prior with ``is_attached == False`` (:class:`VampPrior` before :meth:`VampPrior.attach`) cannot
+    build its distribution yet; it is skipped here and checks itself when attached."""
+    if getattr(prior, "is_attached", True) is False:
+        return
     d = prior()
     if tuple(d.event_shape) != (z_dim,) or tuple(d.batch_shape) != ():
         raise ValueError(f"the prior {type(prior).__name__} gives a distribution with batch shape "
@@ -55,4 +412,40 @@ def check_prior(prior: nn.Module, z_dim: int) -> None:
                          f"give batch shape () and event shape (z_dim,) = ({z_dim},)")
 
 
-PRIORS = {"standard_normal": StandardNormal}
+def kl_is_analytic(guide_dist: torch.distributions.Distribution,
+                   prior_dist: torch.distributions.Distribution) -> bool:
+    """Whether ``torch.distributions.kl_divergence(guide_dist, prior_dist)`` has a closed form, tried
+    on the actual distributions (with the prior broadcast to the guide's batch shape, as a Pyro plate
+    does). True means ``TraceMeanField_ELBO`` uses the exact KL; False means it falls back to the
+    Monte Carlo estimate log q(z|x) - log p(z) at the guide's sample. Other errors (e.g. mismatched
+    event shapes) propagate."""
+    prior = prior_dist
+    if tuple(prior_dist.batch_shape) != tuple(guide_dist.batch_shape):
+        try:
+            prior = prior_dist.expand(guide_dist.batch_shape)
+        except (NotImplementedError, RuntimeError, ValueError):
+            prior = prior_dist
+    try:
+        kl_divergence(guide_dist, prior)
+    except NotImplementedError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def kl_mode(vae: nn.Module) -> str:
+    """``"analytic"`` or ``"monte_carlo"``: how ``TraceMeanField_ELBO`` computes the KL term of ``vae``
+    (its guide family at one all-zeros input against its prior), for a run's config or log."""
+    param = next(vae.parameters(), None)
+    factory = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+    was_training = vae.training
+    vae.eval()  # a probe: leave e.g. batch-norm statistics as they are
+    try:
+        q = vae.guide_family(vae.encoder(torch.zeros(1, *vae.x_shape, **factory)))
+        return "analytic" if kl_is_analytic(q, vae.prior()) else "monte_carlo"
+    finally:
+        vae.train(was_training)
+
+
+PRIORS = {"standard_normal": StandardNormal, "learned_normal": LearnedNormal, "mixture": MixtureOfGaussians,
+          "vamp": VampPrior, "flow": FlowPrior}

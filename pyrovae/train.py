@@ -25,6 +25,7 @@ from .config import RunConfig, build_model
 from .data import ImageDataset, load_mnist
 from .models import VAE
 from .objectives import make_elbo
+from .priors import kl_mode
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         generator.set_state(state["rng"]["data"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    kl_term = kl_mode(vae) if config.elbo == "TraceMeanField_ELBO" else "monte_carlo"
+    config = config.model_copy(update={"kl_term": kl_term})
     config.save(run_dir / CONFIG)
 
     n = len(train)

@@ -68,7 +68,7 @@ def test_checkpoint_round_trip_gives_the_same_log_likelihood(tmp_path):
     data = random_binary_data()
     vae, _ = fit(tiny_config(epochs=1), tmp_path, data=data, progress=False)
     loaded, config, state = load_run(tmp_path)
-    assert config == tiny_config(epochs=1) and state["epoch"] == 1
+    assert config == tiny_config(epochs=1, kl_term="analytic") and state["epoch"] == 1
     x = data[2].images[:32]
     pyro.set_rng_seed(5)
     before = evaluate(vae, x, num_samples=50, progress=False)
@@ -156,3 +156,15 @@ def test_config_round_trips_through_json(tmp_path):
     config = tiny_config(seed=3, validation_size=10)
     config.save(tmp_path / "config.json")
     assert RunConfig.load(tmp_path / "config.json") == config
+
+
+@pytest.mark.parametrize("elbo, prior, expected", [
+    ("TraceMeanField_ELBO", "standard_normal", "analytic"),
+    ("Trace_ELBO", "standard_normal", "monte_carlo"),
+    ("TraceMeanField_ELBO", "mixture", "monte_carlo"),
+])
+def test_the_run_config_states_how_the_kl_term_is_computed(tmp_path, elbo, prior, expected):
+    config = tiny_config(epochs=1, elbo=elbo, model=ModelConfig(z_dim=3, hidden=(32,), prior=prior))
+    fit(config, tmp_path, data=random_binary_data(128), progress=False)
+    assert RunConfig.load(tmp_path / "config.json").kl_term == expected
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["kl_term"] == expected
