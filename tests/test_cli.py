@@ -57,6 +57,18 @@ def test_unknown_option_and_bad_values_get_one_clear_error(capsys):
     assert "z_dim=0" in capsys.readouterr().err
 
 
+def test_unknown_plugin_names_and_options_get_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--prior", "cauchy"])
+    assert info.value.code == 2 and "invalid choice: 'cauchy'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--prior-option", "num_components"])
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", "--prior", "mixture", "--prior-option", "components=3", "--out", str(tmp_path / "r")]) == 2
+    assert "MixtureOfGaussians has no option 'components'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_missing_data_and_missing_checkpoint_errors(tmp_path, capsys):
     assert main(["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

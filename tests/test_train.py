@@ -77,6 +77,25 @@ def test_checkpoint_round_trip_gives_the_same_log_likelihood(tmp_path):
     assert before["log_likelihood_nats"] == after["log_likelihood_nats"]
 
 
+@pytest.mark.parametrize("model", [
+    dict(prior="vamp", prior_options={"num_components": 4}, guide="iaf", guide_options={"num_flows": 1}),
+    dict(prior="flow", prior_options={"kind": "affine"}, guide="low_rank_normal", guide_options={"rank": 1}),
+])
+def test_a_run_folder_reloads_with_its_own_plugins_and_options(tmp_path, model):
+    data = random_binary_data()
+    config = tiny_config(epochs=1, model=ModelConfig(z_dim=3, hidden=(32,), **model))
+    vae, _ = fit(config, tmp_path, data=data, progress=False)
+    loaded, saved, _ = load_run(tmp_path)
+    assert saved.model == config.model and saved.kl_term == "monte_carlo"
+    assert type(loaded.prior) is type(vae.prior) and type(loaded.guide_family) is type(vae.guide_family)
+    x = data[2].images[:16]
+    pyro.set_rng_seed(5)
+    before = evaluate(vae, x, num_samples=20, progress=False)
+    pyro.set_rng_seed(5)
+    after = evaluate(loaded, x, num_samples=20, progress=False)
+    assert before["log_likelihood_nats"] == pytest.approx(after["log_likelihood_nats"], abs=1e-4)
+
+
 def test_two_models_in_one_process_do_not_share_parameters(tmp_path):
     data = random_binary_data()
     a, _ = fit(tiny_config(epochs=1), tmp_path / "a", data=data, progress=False)
