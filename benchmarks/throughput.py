@@ -138,7 +138,7 @@ def main() -> None:
     sides = {
         "pure PyTorch (torch.optim.Adam)": reference_side(default_adam),
         "pure PyTorch, fused Adam": reference_side(fused_adam),
-        "pyrovae (train_step, make_optimizer)": pyrovae_side(make_optimizer),
+        "pyrovae (train_step, make_optimizer)": pyrovae_side(lambda params: make_optimizer(params, 1e-3)),
         "pyrovae, torch.optim.Adam": pyrovae_side(default_adam),
         "Pyro example loop (SVI.step)": pyro_example_loop(config, static, args.batch_size),
     }
