@@ -3,9 +3,9 @@ that a run folder alone is enough to rebuild the model (the pattern of pythae's 
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
-import inspect
 from typing import Any, Literal, Optional
 
 import pydantic

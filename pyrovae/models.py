@@ -16,9 +16,8 @@ any torch optimizer over ``vae.parameters()`` (what :func:`pyrovae.train.fit` do
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import contextlib
+from typing import Sequence
 
 import pyro
 import torch

@@ -129,8 +129,10 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             checkpoint is written (for snapshots or custom logging).
 
     Returns:
-        the trained :class:`pyrovae.VAE` and the per-epoch history: dicts with ``epoch``, ``train_elbo``
-        (the objective: the KL term weighed by ``beta``, the weight at the epoch's last step) and, with a validation split, ``validation_elbo`` (nats per image), ``lr`` and ``seconds``.
+        the trained :class:`pyrovae.VAE` and the per-epoch history: dicts with ``epoch``,
+        ``train_elbo`` (the objective, its KL term weighed by ``beta``), ``beta`` (the weight at the
+        epoch's last step), with a validation split ``validation_elbo`` (nats per image), ``lr`` and
+        ``seconds``.
 
     Raises:
         RunDirError: ``run_dir`` holds a checkpoint and ``resume`` is False, or ``resume`` is True and
@@ -204,7 +206,8 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
                 beta = kl_weight(config, (epoch - 1) * steps + i, steps)
                 total += train_step(vae, elbo, optimizer, x, n, beta) * x.shape[0]
                 scheduler.step()
-        row = {"epoch": epoch, "train_elbo": -total.item() / n, "beta": beta, "lr": optimizer.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "train_elbo": -total.item() / n, "beta": beta,
+               "lr": optimizer.param_groups[0]["lr"]}
         if validation is not None:
             vae.eval()
             row["validation_elbo"] = elbo_per_image(vae, validation, elbo, device=device)
