@@ -99,7 +99,7 @@ class RunConfig(_Strict):
     lr: PositiveFloat = 1e-3
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     final_lr_ratio: float = Field(0.01, gt=0, le=1)
-    binarization: Literal["dynamic", "static", "none"] = "dynamic"
+    binarization: Literal["dynamic", "static", "none", "dequantize"] = "dynamic"
     validation_size: int = Field(0, ge=0)
     train_size: Optional[PositiveInt] = None
     seed: int = 0

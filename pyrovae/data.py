@@ -24,7 +24,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-BINARIZATIONS = ("dynamic", "static", "none")
+BINARIZATIONS = ("dynamic", "static", "none", "dequantize")
+#: Transforms that draw afresh at every pass over the training data (stored as uint8 grey levels).
+RANDOM_TRANSFORMS = ("dynamic", "dequantize")
 
 #: file name -> (md5 of the uncompressed file, md5 of the .gz file, IDX magic, shape)
 MNIST_FILES = {
@@ -199,6 +201,26 @@ def load_mnist_arrays(data_dir: str | os.PathLike | None = None, download: bool 
     }
 
 
+def dequantize(grey: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform dequantization of 8-bit grey levels: ``x = (k + u) / 256`` with ``u ~ U(0, 1)`` per pixel.
+
+    A continuous density p on the dequantized values bounds the probability of the discrete levels
+    (Theis, van den Oord & Bethge 2016): ``log P(k) >= E_u[log p((k + u) / 256)] - D log 256`` for D
+    pixels, so ``(-log p + D log 256) / (D log 2)`` is an upper bound on the discrete model's bits per
+    dimension and is comparable across continuous likelihoods and with 8-bit discrete ones. Without it,
+    grey MNIST's exact zeros let a learned-scale density grow without bound.
+
+    Args:
+        grey: uint8 in [0, 255], any shape.
+    Returns:
+        float32 tensor of the same shape with values in the open interval (0, 1).
+    """
+    # u is kept 2^-12 away from both ends of its level, so that x stays strictly inside (0, 1) (densities
+    # on the open interval, such as the Beta, apply) and k + u never rounds up to k + 1 in float32.
+    u = torch.rand(grey.shape, generator=generator).clamp_(2.0 ** -12, 1 - 2.0 ** -12)
+    return (grey.float() + u) / 256.0
+
+
 def binarize(grey: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One Bernoulli draw per pixel with probability equal to its grey value.
 
@@ -216,10 +238,11 @@ class ImageDataset:
     """Images (and labels) held as tensors in memory.
 
     Attributes:
-        images: ``(n, 1, 28, 28)``; uint8 grey values when ``binarization == "dynamic"`` (binarized
-            afresh at every draw), else float32 in {0, 1} (``static``) or in [0, 1] (``none``).
+        images: ``(n, 1, 28, 28)``; uint8 grey values when ``binarization`` is ``"dynamic"`` or
+            ``"dequantize"`` (binarized or dequantized afresh at every draw), else float32 in {0, 1}
+            (``static``) or in [0, 1] (``none``).
         labels: ``(n,)`` int64 digit labels.
-        binarization: ``"dynamic"``, ``"static"`` or ``"none"``.
+        binarization: ``"dynamic"``, ``"static"``, ``"none"`` or ``"dequantize"``.
     """
 
     images: torch.Tensor
@@ -234,9 +257,14 @@ class ImageDataset:
         return tuple(self.images.shape[1:])
 
     def get(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The images at ``index`` as float32 ``(len(index), 1, 28, 28)``, binarized now if dynamic."""
+        """The images at ``index`` as float32 ``(len(index), 1, 28, 28)``, binarized (``dynamic``) or
+        dequantized (``dequantize``) now."""
         x = self.images[index]
-        return binarize(x, generator) if self.binarization == "dynamic" else x
+        if self.binarization == "dynamic":
+            return binarize(x, generator)
+        if self.binarization == "dequantize":
+            return dequantize(x, generator)
+        return x
 
     def batches(self, batch_size: int, shuffle: bool = True,
                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -254,10 +282,12 @@ class ImageDataset:
 
 def _prepare(images: np.ndarray, labels: np.ndarray, binarization: str, seed: int) -> ImageDataset:
     grey = torch.from_numpy(images.copy()).unsqueeze(1)
-    if binarization == "dynamic":
+    if binarization in RANDOM_TRANSFORMS:
         x = grey
     elif binarization == "static":
         x = binarize(grey, torch.Generator().manual_seed(seed))
+    elif binarization == "dequantized_once":
+        x, binarization = dequantize(grey, torch.Generator().manual_seed(seed)), "none"
     else:
         x = grey.float() / 255.0
     return ImageDataset(x, torch.from_numpy(labels.astype(np.int64)), binarization)
@@ -272,7 +302,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarization: str = "d
         data_dir: the data root; see :func:`resolve_data_root`.
         binarization: ``"dynamic"`` (training images re-binarized at every draw: the standard for
             likelihood results), ``"static"`` (binarized once with seed ``seed``), or ``"none"`` (grey
-            values in [0, 1], for continuous likelihoods).
+            values in [0, 1], for continuous likelihoods), or ``"dequantize"`` (uniformly dequantized
+            grey values (k + u) / 256 in (0, 1), drawn afresh at every pass; see :func:`dequantize`).
         validation_size: images held out of the 60,000 training images (a fixed random subset chosen
             by ``seed``); 0 for none. Validation images are binarized once, like the test set.
         seed: seed of the validation split and of static binarization.
@@ -282,7 +313,8 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarization: str = "d
 
     Returns:
         ``(train, validation or None, test)``. The test set is binarized once with the fixed seed
-        :data:`TEST_BINARIZATION_SEED` unless ``binarization == "none"``, so test numbers are reproducible.
+        :data:`TEST_BINARIZATION_SEED` (or dequantized once with it) unless ``binarization == "none"``,
+        so test numbers are reproducible.
 
     Raises:
         ValueError: unknown ``binarization`` or a ``validation_size`` outside [0, 60000).
@@ -301,7 +333,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarization: str = "d
             raise ValueError(f"train_size={train_size} must be at least 1")
         train_idx = train_idx[:train_size]
     train = _prepare(arrays["train_images"][train_idx], arrays["train_labels"][train_idx], binarization, seed)
-    held_out = "none" if binarization == "none" else "static"
+    held_out = {"none": "none", "dequantize": "dequantized_once"}.get(binarization, "static")
     validation = None
     if validation_size:
         validation = _prepare(arrays["train_images"][val_idx], arrays["train_labels"][val_idx], held_out,

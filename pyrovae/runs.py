@@ -69,7 +69,9 @@ def train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool = Fals
 
 
 def _test_binarization(config: RunConfig) -> str:
-    return "none (grey values)" if config.binarization == "none" else "static, seed 0 (test set binarized once)"
+    return {"none": "none (grey values k/255)",
+            "dequantize": "dequantized once, seed 0: (k + u) / 256"}.get(config.binarization,
+                                                                    "static, seed 0 (test set binarized once)")
 
 
 def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: str | None = None,

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT, CONFIG, METRICS, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import RunConfig, build_model
-from .data import ImageDataset, load_mnist
+from .data import RANDOM_TRANSFORMS, ImageDataset, load_mnist
 from .models import VAE
 from .objectives import make_elbo
 from .priors import kl_mode
@@ -164,7 +164,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     vae = build_model(config.model)
     first = train.get(torch.arange(min(len(train), 1000)), torch.Generator().manual_seed(config.seed))
     vae.check_data(first)
-    if train.binarization != "dynamic":
+    if train.binarization not in RANDOM_TRANSFORMS:
         vae.check_data(train.images)
     if validation is not None:
         vae.check_data(validation.images)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.data import (MNIST_FILES, DataError, binarize, load_mnist, load_mnist_arrays, read_idx,
-                          resolve_data_root)
+from pyrovae.data import (MNIST_FILES, DataError, binarize, dequantize, load_mnist, load_mnist_arrays,
+                          read_idx, resolve_data_root)
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = False) -> Path:
@@ -79,6 +79,30 @@ def test_binarize_draws_bernoulli_with_grey_probability():
     x = binarize(grey, torch.Generator().manual_seed(0))
     assert set(x.unique().tolist()) <= {0.0, 1.0}
     assert abs(x.mean().item() - 64 / 255) < 4 * (0.25 / 200_000) ** 0.5
+
+
+def test_dequantize_stays_in_its_level_and_is_uniform_within_it():
+    k = torch.arange(256, dtype=torch.uint8).repeat(2000)
+    x = dequantize(k, torch.Generator().manual_seed(0))
+    assert x.dtype == torch.float32 and x.min() > 0 and x.max() < 1
+    assert torch.equal(torch.floor(x * 256).long(), k.long()), "each value must stay inside [k, k+1) / 256"
+    u = x * 256 - k.float()  # U(0, 1): mean 1/2, variance 1/12
+    assert abs(u.mean().item() - 0.5) < 4 * (1 / 12 / u.numel()) ** 0.5
+    assert abs(u.var().item() - 1 / 12) < 0.002
+    assert not torch.equal(x, dequantize(k, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.mnist
+def test_dequantize_draws_afresh_for_training_and_once_for_held_out_sets(mnist_root):
+    train, val, test = load_mnist(mnist_root, "dequantize", validation_size=100, train_size=200)
+    assert train.images.dtype == torch.uint8 and train.binarization == "dequantize"
+    g = torch.Generator().manual_seed(0)
+    a, b = train.get(torch.arange(50), g), train.get(torch.arange(50), g)
+    assert not torch.equal(a, b) and torch.equal(torch.floor(a * 256), torch.floor(b * 256))
+    assert test.images.dtype == torch.float32 and test.binarization == "none" and val.binarization == "none"
+    assert 0 < test.images.min() and test.images.max() < 1
+    _, _, test2 = load_mnist(mnist_root, "dequantize", seed=5, train_size=10)
+    assert torch.equal(test.images, test2.images), "the test set's noise must not depend on the run seed"
 
 
 @pytest.mark.mnist
