@@ -81,8 +81,8 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the trained model of a run folder from its checkpoint alone.
 
     Returns:
-        ``(vae, config, state)``: the :class:`pyrovae.VAE` in eval mode on ``device``, its
-        :class:`RunConfig`, and the raw checkpoint dict.
+        ``(vae, config, state)``: the :class:`pyrovae.VAE` (a :class:`pyrovae.conditional.CVAE` for a
+        conditional run) in eval mode on ``device``, its :class:`RunConfig`, and the raw checkpoint dict.
 
     Raises:
         CheckpointError: see :func:`load_checkpoint`; also when the weights do not fit the config.

@@ -25,7 +25,9 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """What :func:`pyrovae.config.build_model` needs to rebuild a :class:`pyrovae.VAE`."""
+    """What :func:`pyrovae.config.build_model` needs to rebuild a :class:`pyrovae.VAE`, or with
+    ``conditional`` a label-conditional :class:`pyrovae.conditional.CVAE` (p(z) p(x | z, y), labels y in
+    ``0 .. num_classes - 1``)."""
 
     network: Literal["mlp", "conv"] = "mlp"
     z_dim: PositiveInt = 50
@@ -37,6 +39,8 @@ class ModelConfig(_Strict):
     likelihood_options: dict[str, Any] = Field(default_factory=dict)
     guide: str = "diagonal_normal"
     guide_options: dict[str, Any] = Field(default_factory=dict)
+    conditional: bool = False
+    num_classes: int = Field(10, ge=2)
 
     @pydantic.field_validator("prior")
     @classmethod
@@ -57,6 +61,13 @@ class ModelConfig(_Strict):
     def _known_options(self) -> "ModelConfig":
         for what, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS), ("guide", GUIDES)):
             _check_options(registry[getattr(self, what)], getattr(self, f"{what}_options"), what)
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _conditional_prior(self) -> "ModelConfig":
+        if self.conditional and hasattr(PRIORS[self.prior], "attach"):
+            raise ValueError(f"prior {self.prior!r} is built from an unconditional encoder, which a conditional "
+                             "model does not have; choose another prior or drop conditional")
         return self
 
 
@@ -87,11 +98,16 @@ class RunConfig(_Strict):
     ``kl_term`` states how the KL term is computed: :func:`pyrovae.train.fit` fills it in (``analytic``
     where ``elbo`` is ``TraceMeanField_ELBO`` and the guide and prior have a closed-form KL, else
     ``monte_carlo``); a value given by hand is replaced.
+    ``elbo="IWAE"`` trains on the importance-weighted bound with K = ``num_particles`` (Burda et al.
+    2016); ``free_bits > 0`` (nats per latent dimension; 0 = off) floors each latent dimension's
+    batch-averaged KL at that value (Kingma et al. 2016; :class:`pyrovae.objectives.FreeBitsELBO`), and
+    is refused with ``IWAE``, which has no separate KL term.
     """
 
     model: ModelConfig = Field(default_factory=ModelConfig)
-    elbo: Literal["TraceMeanField_ELBO", "Trace_ELBO"] = "TraceMeanField_ELBO"
+    elbo: Literal["TraceMeanField_ELBO", "Trace_ELBO", "IWAE"] = "TraceMeanField_ELBO"
     num_particles: PositiveInt = 1
+    free_bits: float = Field(0.0, ge=0, allow_inf_nan=False)
     epochs: PositiveInt = 100
     beta: float = Field(1.0, gt=0)
     kl_warmup_epochs: float = Field(10.0, ge=0)
@@ -114,6 +130,13 @@ class RunConfig(_Strict):
         if v != "cpu" and not v.startswith("cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {v!r}")
         return v
+
+    @pydantic.model_validator(mode="after")
+    def _free_bits_needs_an_elbo(self) -> "RunConfig":
+        if self.free_bits > 0 and self.elbo == "IWAE":
+            raise ValueError(f"free_bits={self.free_bits} floors the ELBO's KL term, which the IWAE bound does "
+                             "not have; use free_bits=0 with elbo='IWAE', or free bits with TraceMeanField_ELBO")
+        return self
 
     # --- (de)serialization ------------------------------------------------------------------------
 
@@ -155,8 +178,17 @@ def make_config(cls: type[BaseModel], **values) -> BaseModel:
 
 
 def build_model(config: ModelConfig):
-    """The :class:`pyrovae.VAE` that ``config`` describes."""
+    """The :class:`pyrovae.VAE` (or, with ``config.conditional``, the :class:`pyrovae.conditional.CVAE`)
+    that ``config`` describes."""
     from .models import VAE
+    if config.conditional:
+        from .conditional import CVAE
+        return CVAE(
+            z_dim=config.z_dim, x_shape=config.x_shape, num_classes=config.num_classes, network=config.network,
+            hidden=config.hidden, prior=PRIORS[config.prior](config.z_dim, **config.prior_options),
+            likelihood=LIKELIHOODS[config.likelihood](config.x_shape, **config.likelihood_options),
+            guide_family=GUIDES[config.guide](config.z_dim, **config.guide_options),
+        )
     return VAE(
         z_dim=config.z_dim, x_shape=config.x_shape, network=config.network, hidden=config.hidden,
         prior=PRIORS[config.prior](config.z_dim, **config.prior_options),

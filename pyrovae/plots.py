@@ -105,3 +105,205 @@ def manifold_grid(grid: int = 30, extent: float = 4.0) -> torch.Tensor:
     values = torch.linspace(-extent, extent, grid)
     z1, z0 = torch.meshgrid(values.flip(0), values, indexing="ij")
     return torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=-1)
+
+
+def plot_completions(inputs: torch.Tensor, truth: torch.Tensor, baseline: torch.Tensor, samples: torch.Tensor,
+                     path, title: str = "quadrant completion", hidden_value: float = -1.0) -> Path:
+    """Structured-output predictions, one column per test image: the input (hidden pixels drawn
+    mid-grey), the truth, the baseline's prediction and each CVAE sample, one row each.
+
+    Args:
+        inputs: ``(n, 1, H, W)``, ``hidden_value`` at hidden pixels.
+        truth: ``(n, 1, H, W)`` the whole images.
+        baseline: ``(n, 1, H, W)`` pixel probabilities (visible pixels copied from the input).
+        samples: ``(S, n, 1, H, W)`` CVAE completions (pixel probabilities).
+        path: the PNG to write.
+    """
+    n, s = inputs.shape[0], samples.shape[0]
+    shown = torch.where(inputs == hidden_value, torch.full_like(inputs, 0.5), inputs)
+    rows = [shown, truth, baseline, *samples]
+    h = inputs.shape[-2]
+    image = tile(torch.cat([r.reshape(n, 1, *r.shape[-2:]).float() for r in rows]), len(rows), n)
+    fig, ax = plt.subplots(figsize=(0.6 * n + 1.2, 0.6 * len(rows)))
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([(h + 1) * i + h / 2 for i in range(len(rows))],
+                  ["input", "truth", "baseline", *[f"CVAE {k + 1}" for k in range(s)]])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_samples_by_label(samples: torch.Tensor, num_per_label: int, path, labels: Sequence | None = None,
+                          title: str = "samples of p(x | z, y), one row per label (mean of p(x|z,y))") -> Path:
+    """A grid with one row per label: ``samples (rows * num_per_label, 1, H, W)`` label-major (as
+    :meth:`pyrovae.conditional.CVAE.sample` returns them), each row marked with its label (default
+    0, 1, ...)."""
+    rows = samples.shape[0] // num_per_label
+    image = tile(samples, rows, num_per_label)
+    labels = list(range(rows)) if labels is None else list(labels)
+    h = samples.shape[-2] + 1
+    fig, ax = plt.subplots(figsize=(0.6 * num_per_label + 0.6, 0.6 * rows + 0.4))
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([r * h + (h - 1) / 2 for r in range(rows)], [str(v) for v in labels])
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_ylabel("label y")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_analogies(x: torch.Tensor, analogies: torch.Tensor, path,
+                   title: str = "analogies: each row keeps the style z of its image (left), one column per label") -> Path:
+    """The M2 analogy figure (Kingma et al. 2014, Figure 1): one row per image ``x (n, 1, H, W)``, the
+    image first, then ``analogies (n, num_classes, 1, H, W)``, its style decoded with each label."""
+    n, k = analogies.shape[:2]
+    rows = torch.cat([x.reshape(n, 1, *x.shape[-2:]).float().cpu(),
+                      analogies.reshape(n, k, *analogies.shape[-2:]).float().cpu()], dim=1)
+    image = tile(rows.reshape(n * (k + 1), *rows.shape[-2:]), n, k + 1)
+    w = x.shape[-1] + 1
+    fig, ax = plt.subplots(figsize=(0.6 * (k + 1) + 0.4, 0.6 * n + 0.6))
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([c * w + (w - 1) / 2 for c in range(k + 1)], ["x", *[str(c) for c in range(k)]])
+    ax.set_yticks([])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_xlabel("label y")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def plot_accuracy_curves(history: Sequence[dict], path) -> Path:
+    """Test (and, where recorded, validation) classification accuracy against epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["test_accuracy"] for h in history], marker=".", label="test")
+    if history and "validation_accuracy" in history[0]:
+        ax.plot(epochs, [h["validation_accuracy"] for h in history], marker=".", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy of argmax q(y|x)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# --- posterior diagnostics (figures of pyrovae.diagnostics) ---------------------------------------------
+
+
+def plot_khat_histogram(khat, path, good: float = 0.5, bad: float = 0.7) -> Path:
+    """Histogram of PSIS k-hat over images ``khat (n,)``, with the thresholds ``good`` (0.5) and ``bad``
+    (0.7) of Yao et al. (2018) marked. Images with k-hat = -inf (constant importance weights: q(z|x) is
+    the posterior) are counted in the title."""
+    k = np.asarray(torch.as_tensor(khat, dtype=torch.float64))
+    finite = k[np.isfinite(k)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if finite.size:
+        lo, hi = min(finite.min(), 0.0) - 0.05, max(finite.max(), 1.0) + 0.05
+        ax.hist(finite, bins=np.linspace(lo, hi, 31), color="0.4")
+    ax.axvline(good, color="tab:orange", linestyle="--", label=f"{good}: good below")
+    ax.axvline(bad, color="tab:red", linestyle="--", label=f"{bad}: unreliable above")
+    share = float(np.mean(k > bad)) if k.size else float("nan")
+    constant = int(np.sum(k == -np.inf))
+    ax.set_title(f"PSIS k-hat of p(x,z)/q(z|x), {k.size} images: {share:.0%} above {bad}"
+                 + (f" ({constant} with constant weights)" if constant else ""), fontsize=9)
+    ax.set_xlabel("k-hat")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_kl_per_dimension(kl, active, path,
+                          ylabel: str = "KL(q(z_d|x) || p(z_d)) (nats, mean over images)") -> Path:
+    """Bars of the KL of each latent dimension ``kl (z_dim,)`` (nats, mean over images; or another
+    per-dimension statistic named by ``ylabel``), active dimensions (``active (z_dim,)`` bool) in colour
+    and collapsed ones in grey."""
+    kl = np.asarray(torch.as_tensor(kl, dtype=torch.float64))
+    active = np.asarray(torch.as_tensor(active, dtype=torch.bool))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.14 * kl.size + 2), 4))
+    ax.bar(np.arange(kl.size), kl, color=np.where(active, "tab:blue", "0.7"))
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(f"per latent dimension: {int(active.sum())} of {kl.size} active (blue)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_posterior_comparison(q_mean, q_sd, ref_mean, ref_sd, path, labels: Sequence[str] | None = None) -> Path:
+    """Two scatter panels, the guide against a reference posterior (NUTS), one point per latent dimension:
+    posterior means and posterior standard deviations, with the line y = x.
+
+    Args:
+        q_mean, q_sd: ``(m, z_dim)`` mean and sd of q(z|x) for m images.
+        ref_mean, ref_sd: ``(m, z_dim)`` the same for the reference.
+        labels: m legend entries (default "image 0", ...).
+    """
+    arrays = [np.asarray(torch.as_tensor(a, dtype=torch.float64)) for a in (q_mean, q_sd, ref_mean, ref_sd)]
+    m = arrays[0].shape[0]
+    labels = list(labels) if labels is not None else [f"image {i}" for i in range(m)]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, (q, ref), what in zip(axes, ((arrays[0], arrays[2]), (arrays[1], arrays[3])), ("mean", "sd")):
+        for i in range(m):
+            ax.scatter(ref[i], q[i], s=12, alpha=0.7, label=labels[i])
+        lo, hi = min(q.min(), ref.min()), max(q.max(), ref.max())
+        ax.plot([lo, hi], [lo, hi], color="0.3", linewidth=0.8)
+        ax.set_xlabel(f"NUTS posterior {what}")
+        ax.set_ylabel(f"q(z|x) {what}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("q(z|x) against NUTS on p(z|x), one point per latent dimension", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_pair_overlay(idata, image: int, dims: Sequence[int], path) -> Path:
+    """ArviZ pair plot of the ``dims`` of z for one ``image``: draws of q(z|x) (group ``posterior``, blue)
+    over NUTS draws of p(z|x) (group ``reference_posterior``, orange); ``idata`` as
+    :func:`pyrovae.diagnostics.to_inference_data` builds it."""
+    import warnings
+
+    import arviz as az  # a heavy import, needed by this figure only
+
+    dims = [int(d) for d in dims]
+    if len(dims) < 2:
+        raise ValueError(f"a pair plot needs at least 2 dimensions, got {dims}")
+    side = len(dims) - 1
+    fig, axes = plt.subplots(side, side, figsize=(2.4 * side + 1, 2.4 * side + 1), squeeze=False)
+    coords = {"image": [int(image)], "z_dim": dims}
+    for group, colour in (("posterior", "tab:blue"), ("reference_posterior", "tab:orange")):
+        with warnings.catch_warnings():  # ArviZ 0.2x calls a matplotlib helper deprecated in 3.11
+            warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+            az.plot_pair(idata, group=group, var_names=["z"], coords=coords, ax=axes if side > 1 else axes[0, 0],
+                         scatter_kwargs={"color": colour, "alpha": 0.3, "marker": "o", "s": 5}, textsize=8)
+    for r in range(side):
+        for c in range(side):
+            if c <= r:
+                axes[r, c].set_xlabel(f"z[{dims[c]}]" if r == side - 1 else "")
+                axes[r, c].set_ylabel(f"z[{dims[r + 1]}]" if c == 0 else "")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=c, label=l)
+               for c, l in (("tab:blue", "q(z|x)"), ("tab:orange", "NUTS p(z|x)"))]
+    fig.legend(handles=handles, loc="upper right", fontsize=9)
+    fig.suptitle(f"test image {image}: q(z|x) over the NUTS posterior", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_traversals(decoded: torch.Tensor, dims: Sequence[int], offsets: Sequence[float], path,
+                    title: str = "latent traversals") -> Path:
+    """A grid of ``decoded (len(dims), len(offsets), 1, H, W)`` images (pixel probabilities), one row per
+    latent dimension moved, one column per offset, rows labelled ``z[d]`` and columns by the offset."""
+    rows, cols = decoded.shape[:2]
+    image = tile(decoded.reshape(rows * cols, *decoded.shape[-2:]), rows, cols)
+    h, w = decoded.shape[-2] + 1, decoded.shape[-1] + 1
+    fig, ax = plt.subplots(figsize=(0.6 * cols + 1.0, 0.6 * rows + 0.8))
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([r * h + (h - 1) / 2 for r in range(rows)], [f"z[{int(d)}]" for d in dims])
+    ax.set_xticks([c * w + (w - 1) / 2 for c in range(cols)], [f"{o:+.1f}" for o in offsets])
+    ax.tick_params(length=0, labelsize=8)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_xlabel("offset from the posterior mean")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

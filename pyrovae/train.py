@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT, CONFIG, METRICS, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import RunConfig, build_model
 from .data import RANDOM_TRANSFORMS, ImageDataset, load_mnist
+from .distributed import init_distributed
 from .models import VAE
 from .objectives import make_elbo
 from .priors import kl_mode
@@ -80,11 +81,20 @@ def _steps_per_epoch(n: int, batch_size: int) -> int:
 @torch.no_grad()
 def elbo_per_image(vae: VAE, data: ImageDataset, elbo, batch_size: int = 1000,
                    device: torch.device | str = "cpu") -> float:
-    """The ELBO in nats per image, averaged over ``data`` (one pass, no gradients)."""
+    """The ELBO in nats per image, averaged over ``data`` (one pass, no gradients); for a
+    label-conditional model, the ELBO of log p(x | y) given each image's label."""
     total = 0.0
-    for x, _ in data.batches(batch_size, shuffle=False):
-        total -= elbo.differentiable_loss(vae.model, vae.guide, x.to(device)).item()
+    for x, y in data.batches(batch_size, shuffle=False):
+        m = given_labels(vae, y, device)
+        total -= elbo.differentiable_loss(m.model, m.guide, x.to(device)).item()
     return total / len(data)
+
+
+def given_labels(vae: VAE, y: torch.Tensor, device: torch.device | str = "cpu"):
+    """``vae`` itself, or for a label-conditional model (one with ``with_labels``, such as
+    :class:`pyrovae.conditional.CVAE`) the view with the batch's labels ``y (batch,)`` bound, whose
+    ``model(x, ...)``/``guide(x, ...)`` are ``model(x, y, ...)``/``guide(x, y, ...)``."""
+    return vae.with_labels(y.to(device, non_blocking=True)) if hasattr(vae, "with_labels") else vae
 
 
 def load_data(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, ImageDataset]:
@@ -95,13 +105,21 @@ def load_data(config: RunConfig) -> tuple[ImageDataset, ImageDataset | None, Ima
 
 
 def train_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, x: torch.Tensor, num_data: int,
-               beta: float = 1.0) -> torch.Tensor:
+               beta: float = 1.0, ddp: torch.nn.Module | None = None) -> torch.Tensor:
     """One SVI step on a mini-batch ``x (batch, *x_shape)`` of a data set of ``num_data`` images, with
     the KL term weighed by ``beta`` (see :meth:`pyrovae.VAE.model`).
 
+    With ``ddp``, the DistributedDataParallel wrapper of ``vae`` (see
+    :meth:`pyrovae.distributed.DistributedContext.wrap`), ``x`` is this process's shard of the global
+    batch and the loss goes through the wrapper, so that ``backward`` averages the gradients over the
+    processes (equal shards: the gradient of the global batch).
+
     Returns the detached loss: the negative (beta-weighted) ELBO of the batch in nats per image.
     """
-    loss = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data, beta=beta) / num_data
+    if ddp is None:
+        loss = elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data, beta=beta) / num_data
+    else:
+        loss = ddp(x, num_data=num_data, beta=beta, program=vae) / num_data
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -111,12 +129,15 @@ def train_step(vae: VAE, elbo, optimizer: torch.optim.Optimizer, x: torch.Tensor
 def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         data: tuple[ImageDataset, ImageDataset | None, ImageDataset] | None = None,
         progress: bool | None = None,
-        on_epoch_end: Callable[[int, VAE, Path], None] | None = None) -> tuple[VAE, list[dict]]:
+        on_epoch_end: Callable[[int, VAE, Path], None] | None = None,
+        distributed: bool | None = None) -> tuple[VAE, list[dict]]:
     """Train (or resume) the run in ``run_dir``; returns ``(vae, history)``.
 
     Writes ``config.json`` at the start and, after every epoch, ``checkpoint.pt`` (model, optimizer and
     schedule state, RNG states, config, epoch, history) and ``metrics.json``, each atomically. Resuming
-    restores every RNG state, so a resumed run continues exactly as if it had not stopped.
+    restores every RNG state, so a resumed run continues exactly as if it had not stopped. A
+    label-conditional model (``config.model.conditional``) trains on each batch's labels, and its ELBOs
+    bound log p(x | y).
 
     Args:
         config: the run's settings. On ``resume`` the checkpoint's config is used, except ``epochs``
@@ -126,12 +147,17 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         data: ``(train, validation, test)`` datasets; loaded from ``config.data_dir`` when None.
         progress: show a progress bar (default: when stderr is a terminal).
         on_epoch_end: called as ``on_epoch_end(epoch, vae, checkpoint_path)`` after each epoch's
-            checkpoint is written (for snapshots or custom logging).
+            checkpoint is written (for snapshots or custom logging), on every process.
+        distributed: data-parallel training over the processes that torchrun started (see
+            :mod:`pyrovae.distributed`): the global batch is ``config.batch_size`` x their number,
+            rank 0 alone writes to ``run_dir``, and ``train_elbo`` is the mean over all processes.
+            None (default): when ``$WORLD_SIZE > 1`` or a process group is initialized.
 
     Returns:
         the trained :class:`pyrovae.VAE` and the per-epoch history: dicts with ``epoch``,
         ``train_elbo`` (the objective, its KL term weighed by ``beta``), ``beta`` (the weight at the
-        epoch's last step), with a validation split ``validation_elbo`` (nats per image), ``lr`` and
+        epoch's last step), with a validation split ``validation_elbo`` (nats per image: the ELBO, or
+        L_K for ``elbo="IWAE"``, at beta = 1 and without free bits), ``lr`` and
         ``seconds``.
 
     Raises:
@@ -142,21 +168,16 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
-    state = None
-    if resume:
-        if not ckpt_path.exists():
-            raise RunDirError(f"--resume given but {run_dir} holds no {CHECKPOINT}; start a new run without --resume")
-        state = load_checkpoint(ckpt_path)
+    ctx = init_distributed(resolve_device(config.device), distributed)
+    device = ctx.device
+    state = ctx.on_main(lambda: _read_run_dir(run_dir, resume))  # rank 0 reads; every rank gets it
+    if state is not None:
         saved = RunConfig.from_dict(state["config"])
         config = saved.model_copy(update={"epochs": config.epochs, "device": config.device})
-    elif ckpt_path.exists():
-        raise RunDirError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
-                          "choose another output folder")
-    device = resolve_device(config.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
-    pyro.set_rng_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    pyro.set_rng_seed(ctx.seed(config.seed))
+    generator = torch.Generator().manual_seed(config.seed)  # shuffles; the same on every process
+    sample_generator = torch.Generator().manual_seed(ctx.seed(config.seed, stream=1))  # each process's own
     if data is None:
         data = load_data(config)
     train, validation, _ = data
@@ -168,14 +189,18 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         vae.check_data(train.images)
     if validation is not None:
         vae.check_data(validation.images)
+    if hasattr(vae, "check_labels"):  # label-conditional models: labels checked once, here
+        for split in (train, validation) if validation is not None else (train,):
+            vae.check_labels(split.labels, split.images)
     if state is None and hasattr(vae.likelihood, "init_bias"):
         vae.likelihood.init_bias(vae.decoder.output_layer, train.images.float() /
                                  (255.0 if train.images.dtype == torch.uint8 else 1.0))
     vae.to(device)
 
-    elbo = make_elbo(config.elbo, config.num_particles)
+    elbo = make_elbo(config.elbo, config.num_particles, config.free_bits)
+    validation_elbo = make_elbo(config.elbo, config.num_particles)  # the bound itself, not floored by free bits
     optimizer = make_optimizer(vae.parameters(), config.lr)
-    steps = _steps_per_epoch(len(train), config.batch_size)
+    steps = ctx.num_batches(len(train), config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps))
     history: list[dict] = []
     start_epoch = 0
@@ -189,41 +214,73 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         generator.set_state(state["rng"]["data"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    kl_term = kl_mode(vae) if config.elbo == "TraceMeanField_ELBO" else "monte_carlo"
+        ctx.restore_rng_states(state["rng"].get("ranks"), sample_generator, config.seed, start_epoch)
+    ddp = ctx.wrap(vae, elbo)  # None for one process
+    kl_term = (kl_mode(given_labels(vae, torch.zeros((), dtype=torch.long), device))
+               if config.elbo == "TraceMeanField_ELBO" else "monte_carlo")
     config = config.model_copy(update={"kl_term": kl_term})
-    config.save(run_dir / CONFIG)
+
+    def write_config():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG)
+
+    ctx.on_main(write_config)  # rank 0 alone writes to run_dir
 
     n = len(train)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         vae.train()
         t0 = time.perf_counter()
         total = torch.zeros((), device=device)
-        bar = tqdm(train.batches(config.batch_size, generator=generator), total=steps, leave=False,
-                   desc=f"epoch {epoch}/{config.epochs}", disable=None if progress is None else not progress)
+        bar = tqdm(ctx.batches(train, config.batch_size, generator, sample_generator), total=steps, leave=False,
+                   desc=f"epoch {epoch}/{config.epochs}",
+                   disable=True if not ctx.is_main else None if progress is None else not progress)
         with pyro.validation_enabled(False):
-            for i, (x, _) in enumerate(bar):
+            for i, (x, y) in enumerate(bar):
                 x = x.to(device, non_blocking=True)
                 beta = kl_weight(config, (epoch - 1) * steps + i, steps)
-                total += train_step(vae, elbo, optimizer, x, n, beta) * x.shape[0]
+                total += train_step(given_labels(vae, y, device), elbo, optimizer, x, n, beta, ddp) * x.shape[0]
                 scheduler.step()
-        row = {"epoch": epoch, "train_elbo": -total.item() / n, "beta": beta,
+        row = {"epoch": epoch, "train_elbo": -ctx.all_reduce_sum(total).item() / ctx.padded_size(n), "beta": beta,
                "lr": optimizer.param_groups[0]["lr"]}
         if validation is not None:
             vae.eval()
-            row["validation_elbo"] = elbo_per_image(vae, validation, elbo, device=device)
+            row["validation_elbo"] = ctx.mean_over_shards(
+                lambda shard: elbo_per_image(vae, shard, validation_elbo, device=device), validation)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-        save_checkpoint(ckpt_path, {
-            "config": config.to_dict(), "epoch": epoch, "model": vae.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
-            "rng": {"torch": torch.get_rng_state(), "data": generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        })
-        write_metrics(run_dir, {"history": history})
+        if ctx.is_main:
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+        rng = {"torch": torch.get_rng_state(), "data": generator.get_state(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        if ctx.enabled:
+            rng["ranks"] = ctx.rng_states(sample_generator)  # a collective: every rank takes part
+
+        def write_epoch():
+            save_checkpoint(ckpt_path, {
+                "config": config.to_dict(), "epoch": epoch, "model": vae.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+                "rng": rng, "world_size": ctx.world_size,
+            })
+            write_metrics(run_dir, {"history": history})
+
+        ctx.on_main(write_epoch)
         if on_epoch_end is not None:
             on_epoch_end(epoch, vae, ckpt_path)
     return vae.eval(), history
+
+
+def _read_run_dir(run_dir: Path, resume: bool) -> dict | None:
+    """The checkpoint to resume from (None for a new run); raises RunDirError when ``run_dir`` does not
+    fit ``resume``."""
+    ckpt_path = run_dir / CHECKPOINT
+    if resume:
+        if not ckpt_path.exists():
+            raise RunDirError(f"--resume given but {run_dir} holds no {CHECKPOINT}; start a new run without --resume")
+        return load_checkpoint(ckpt_path)
+    if ckpt_path.exists():
+        raise RunDirError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
+                          "choose another output folder")
+    return None
 
 
 def write_metrics(run_dir: str | os.PathLike, update: dict) -> dict:

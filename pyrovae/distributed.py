@@ -1,0 +1,403 @@
+"""Data-parallel training with PyTorch's DistributedDataParallel (DDP), launched by ``torchrun``.
+
+Each of W processes holds a replica of the VAE, draws its own shard of every mini-batch and its own
+random numbers (dynamic binarization, z ~ q(z|x)), and backpropagates its part of the loss; DDP
+all-reduces (averages) the gradients during ``backward``, so every replica takes the same optimizer
+step. The step is the single-process step on the *global* batch:
+
+* global batch = per-process batch (``RunConfig.batch_size``) x W. Each epoch one permutation of the
+  data, identical on every process (it comes from a generator seeded with ``RunConfig.seed``), is
+  padded to a multiple of W by repeating its first images (as ``torch.utils.data.DistributedSampler``
+  does; at most W - 1 images per epoch) and dealt out by striding, so that the shards of step i are
+  a partition of the i-th global batch of the padded permutation and all have the same size.
+* each process's loss is the negative ELBO per image of its shard (``differentiable_loss(...,
+  num_data=N) / N``); DDP averages the W equal-size shard gradients, which is the gradient of the
+  negative ELBO per image of the global batch, exactly what one process computes on it.
+* metrics are all-reduced: the epoch's ``train_elbo`` is the mean over every image that every process
+  drew; the validation ELBO is computed on strided shards of the validation set and summed.
+* only rank 0 writes (``config.json``, ``checkpoint.pt``, ``metrics.json``, figures), atomically.
+  The checkpoint holds the unwrapped VAE's ``state_dict``, so single-process code
+  (:func:`pyrovae.checkpoint.load_run`) reloads it; it also holds every process's RNG states, so a
+  resume with the same W continues exactly as if it had not stopped.
+
+Pyro's ELBOs call ``vae.model`` and ``vae.guide``, never the module's ``forward``, but DDP arms its
+gradient hooks in ``forward``: without a forward call ``backward`` would silently skip the all-reduce.
+:class:`ELBOLoss` is the forward that DDP wraps: ``ELBOLoss(vae, elbo)(x, num_data=N, beta=b)`` is
+``elbo.differentiable_loss(vae.model, vae.guide, x, num_data=N, beta=b)``.
+
+Process groups are set up from the environment that ``torchrun`` exports (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): the ``gloo`` backend on CPU, ``nccl`` on CUDA with
+one GPU per process (``cuda:LOCAL_RANK``).
+
+References:
+    Li et al., "PyTorch Distributed: Experiences on Accelerating Data Parallel Training", VLDB 2020.
+    Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour", 2017 (the global batch
+    and its learning rate).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Iterator, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .data import ImageDataset
+
+log = logging.getLogger(__name__)
+
+#: The variables torchrun sets for every process, and which :func:`init_distributed` reads.
+ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+BACKENDS = ("gloo", "nccl", "mpi")
+
+T = TypeVar("T")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {name}={value!r} is not an integer; it is set by torchrun, "
+                         "launch with `torchrun --nproc_per_node N -m pyrovae train ...`") from None
+
+
+def env_world_size() -> int:
+    """``$WORLD_SIZE`` (the number of processes torchrun started), 1 when unset."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def derive_seed(*keys: int) -> int:
+    """A 32-bit seed drawn from ``numpy.random.SeedSequence(keys)``: distinct, well-mixed seeds for
+    distinct keys such as ``(seed, rank, stream)`` (valid for ``pyro.set_rng_seed``)."""
+    return int(np.random.SeedSequence([k % 2**64 for k in keys]).generate_state(1)[0])
+
+
+def shard_batches(data: ImageDataset, batch_size: int, rank: int, world_size: int,
+                  generator: torch.Generator | None = None,
+                  sample_generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's shards of one epoch of global mini-batches of ``batch_size * world_size`` images.
+
+    The permutation is drawn from ``generator``, which must be in the same state on every process;
+    it is padded to ``padded_size(len(data), world_size)`` with its first images and dealt out with
+    stride ``world_size``, so that at every step the shards of all processes are equally large and
+    together make up that step's global batch. Dynamic binarization draws from ``sample_generator``
+    (this process's own; default ``generator``).
+
+    Yields:
+        ``(x, y)``: x ``(b, *x_shape)`` float32 and y ``(b,)`` int64, b <= ``batch_size``, the same b on
+        every process at a given step; ``num_batches(len(data), batch_size, world_size)`` of them.
+
+    Raises:
+        ValueError: ``batch_size`` or ``world_size`` below 1, ``rank`` outside ``[0, world_size)``, or an
+            empty dataset.
+    """
+    if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need batch_size >= 1, world_size >= 1 and 0 <= rank < world_size; got batch_size="
+                         f"{batch_size}, rank={rank}, world_size={world_size}")
+    n = len(data)
+    if n == 0:
+        raise ValueError("the dataset is empty: there is nothing to shard")
+    order = torch.randperm(n, generator=generator)
+    total = padded_size(n, world_size)
+    if total > n:
+        order = order.repeat(math.ceil(total / n))[:total]
+    mine = order[rank::world_size]
+    for start in range(0, len(mine), batch_size):
+        index = mine[start:start + batch_size]
+        yield data.get(index, sample_generator if sample_generator is not None else generator), data.labels[index]
+
+
+def padded_size(n: int, world_size: int) -> int:
+    """Images per epoch over all processes: ``n`` rounded up to a multiple of ``world_size``."""
+    return -(-n // world_size) * world_size
+
+
+def num_batches(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch: ``ceil(ceil(n / world_size) / batch_size)`` (``ceil(n / batch_size)`` for one
+    process)."""
+    return -(-(padded_size(n, world_size) // world_size) // batch_size)
+
+
+class ELBOLoss(nn.Module):
+    """The negative ELBO as a module's ``forward``, so that DistributedDataParallel can wrap it.
+
+    ``ELBOLoss(vae, elbo)(*args, **kwargs)`` returns ``elbo.differentiable_loss(vae.model, vae.guide,
+    *args, **kwargs)``: the negative ELBO in nats, summed over the batch and scaled by ``num_data /
+    batch`` when ``num_data`` is given (see :meth:`pyrovae.VAE.model`). Its parameters are the VAE's.
+    The keyword ``program`` replaces ``vae`` for one call by a view of it with some arguments bound
+    (a label-conditional model's labels: see :func:`pyrovae.train.given_labels`); the view must use
+    ``vae``'s parameters only.
+
+    Args:
+        vae: a module with Pyro programs ``model`` and ``guide`` (:class:`pyrovae.VAE` or another model).
+        elbo: a Pyro ELBO (anything with ``differentiable_loss(model, guide, *args, **kwargs)``).
+    """
+
+    def __init__(self, vae: nn.Module, elbo):
+        super().__init__()
+        self.vae = vae
+        self.elbo = elbo
+
+    def forward(self, *args, program=None, **kwargs) -> torch.Tensor:
+        program = self.vae if program is None else program
+        return self.elbo.differentiable_loss(program.model, program.guide, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in a data-parallel run, and the operations training needs from it.
+
+    With ``world_size == 1`` (the default) every method is the single-process operation: batches are
+    ``data.batches(...)``, reductions return their input, :meth:`on_main` just calls its function and
+    :meth:`wrap` returns None. Build one with :func:`init_distributed`.
+
+    Attributes:
+        rank: this process's index in ``[0, world_size)``; rank 0 writes files.
+        world_size: the number of processes W.
+        local_rank: the index on this machine (selects the GPU ``cuda:local_rank``).
+        device: where this process's replica lives.
+        backend: ``"gloo"``, ``"nccl"`` or ``"mpi"``; None without a process group.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when more than one process trains."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that writes files and logs."""
+        return self.rank == 0
+
+    # --- randomness -------------------------------------------------------------------------------------
+
+    def seed(self, seed: int, stream: int = 0) -> int:
+        """This process's seed: ``seed`` itself for one process, else distinct per ``(rank, stream)``."""
+        return seed if not self.enabled and stream == 0 else derive_seed(seed, self.rank, stream)
+
+    def rng_states(self, sample_generator: torch.Generator) -> list[dict] | None:
+        """Every process's RNG states (torch, its ``sample_generator``, CUDA), gathered on all ranks;
+        None for one process. A collective: every rank must call it."""
+        if not self.enabled:
+            return None
+        mine = {"torch": torch.get_rng_state(), "sample": sample_generator.get_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, mine)
+        return states
+
+    def restore_rng_states(self, states: list[dict] | None, sample_generator: torch.Generator, seed: int,
+                           epoch: int) -> None:
+        """Restore this process's RNG states from ``states`` (see :meth:`rng_states`). When they were
+        saved by another number of processes, seed this process afresh from ``(seed, rank, epoch)``:
+        training goes on with the same meaning, but not draw for draw."""
+        if not self.enabled:
+            return
+        if states is not None and len(states) == self.world_size:
+            mine = states[self.rank]
+            torch.set_rng_state(mine["torch"])
+            sample_generator.set_state(mine["sample"])
+            if self.device.type == "cuda" and mine.get("cuda") is not None:
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
+            return
+        if self.is_main:
+            log.warning("the checkpoint was written by %s process(es), this run has %d: each process is "
+                        "seeded afresh", "1" if states is None else len(states), self.world_size)
+        torch.manual_seed(derive_seed(seed, self.rank, 0, epoch))
+        sample_generator.manual_seed(derive_seed(seed, self.rank, 1, epoch))
+
+    # --- data -------------------------------------------------------------------------------------------
+
+    def padded_size(self, n: int) -> int:
+        """Images drawn per epoch over all processes (``n`` for one process)."""
+        return padded_size(n, self.world_size)
+
+    def num_batches(self, n: int, batch_size: int) -> int:
+        """Steps per epoch, the same on every process."""
+        return num_batches(n, batch_size, self.world_size)
+
+    def batches(self, data: ImageDataset, batch_size: int, generator: torch.Generator,
+                sample_generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of this process's ``(x, y)`` shards: :func:`shard_batches`, or
+        ``data.batches(batch_size, generator=generator)`` (shuffling and binarization from one
+        generator, as in single-process training) for one process."""
+        if not self.enabled:
+            return data.batches(batch_size, generator=generator)
+        return shard_batches(data, batch_size, self.rank, self.world_size, generator, sample_generator)
+
+    def shard(self, data: ImageDataset) -> ImageDataset:
+        """Every ``world_size``-th image of ``data`` from ``rank`` on (for evaluation; no padding)."""
+        if not self.enabled:
+            return data
+        return ImageDataset(data.images[self.rank::self.world_size], data.labels[self.rank::self.world_size],
+                            data.binarization)
+
+    def mean_over_shards(self, fn: Callable[[ImageDataset], float], data: ImageDataset) -> float:
+        """The mean over all of ``data`` of a per-image mean ``fn(shard)`` computed on each process's
+        :meth:`shard` (weighted by shard size and all-reduced); ``fn(data)`` for one process."""
+        if not self.enabled:
+            return fn(data)
+        shard = self.shard(data)
+        total = torch.tensor(fn(shard) * len(shard) if len(shard) else 0.0, dtype=torch.float64,
+                             device=self.device)
+        return self.all_reduce_sum(total).item() / len(data)
+
+    # --- collectives ------------------------------------------------------------------------------------
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over all processes (a new tensor; ``tensor`` itself for one process)."""
+        if not self.enabled:
+            return tensor
+        total = tensor.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Call ``fn()`` on rank 0 only and return its result on every rank; when it raises, the same
+        exception is raised on every rank (so no process waits for a peer that has failed). The
+        broadcast also synchronizes the processes. Used for everything that touches the run folder."""
+        if not self.enabled:
+            return fn()
+        payload: list[Any] = [None]
+        if self.is_main:
+            try:
+                payload[0] = (True, fn())
+            except Exception as e:  # sent to the other ranks, then raised here too
+                payload[0] = (False, e if _picklable(e) else RuntimeError(f"{type(e).__name__}: {e}"))
+                failure = e
+        dist.broadcast_object_list(payload, src=0, device=self.device if self.backend == "nccl" else None)
+        ok, value = payload[0]
+        if not ok:
+            if self.is_main:
+                raise failure
+            raise value
+        return value
+
+    def barrier(self) -> None:
+        """Wait for every process (nothing for one process)."""
+        if self.enabled:
+            dist.barrier(device_ids=[self.device.index] if self.backend == "nccl" else None)
+
+    # --- the model ----------------------------------------------------------------------------------------
+
+    def wrap(self, vae: nn.Module, elbo, find_unused_parameters: bool = False) -> nn.Module | None:
+        """``DistributedDataParallel(ELBOLoss(vae, elbo))`` for several processes, None for one.
+
+        Building it broadcasts rank 0's parameters and buffers to every replica, so replicas start
+        equal whatever their initialization; calling it (instead of ``elbo.differentiable_loss``)
+        makes ``backward`` average the gradients of ``vae``'s parameters over the processes. Pass
+        ``find_unused_parameters=True`` for a model with parameters that some steps do not use.
+        """
+        if not self.enabled:
+            return None
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(ELBOLoss(vae, elbo), device_ids=device_ids,
+                                       find_unused_parameters=find_unused_parameters)
+
+
+def _picklable(obj) -> bool:
+    try:
+        pickle.dumps(obj)
+        return True
+    except Exception:
+        return False
+
+
+def _context_from_group(device: torch.device) -> DistributedContext:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = _env_int("LOCAL_RANK", rank)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    return DistributedContext(rank, world, local_rank, device, dist.get_backend())
+
+
+def init_distributed(device: str | torch.device = "cpu", enabled: bool | None = None,
+                     backend: str | None = None, timeout: timedelta | None = None) -> DistributedContext:
+    """Join the process group that torchrun describes in the environment, and say where this process
+    stands in it.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or a ``torch.device``. With several processes a CUDA device
+            becomes ``cuda:LOCAL_RANK``: one GPU per process.
+        enabled: True to require a process group, False for single-process training even under
+            torchrun, None (default) for a process group when ``$WORLD_SIZE > 1`` or one is already
+            initialized.
+        backend: the ``torch.distributed`` backend; default ``nccl`` on CUDA and ``gloo`` on CPU.
+        timeout: how long collectives wait for a peer (torch's default, 30 minutes for gloo, when None).
+
+    Returns:
+        a :class:`DistributedContext`. A process group already initialized (by the caller) is used
+        as it is; one created here is destroyed when the process exits (or by :func:`cleanup`).
+
+    Raises:
+        ValueError: ``enabled`` is True but torchrun's variables are missing or malformed, an unknown
+            ``backend``, or CUDA asked for and absent or with fewer GPUs than ``LOCAL_RANK`` needs.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available on this machine; use --device cpu")
+    if enabled is False:
+        return DistributedContext(device=device)
+    if dist.is_available() and dist.is_initialized():
+        return _context_from_group(device)
+    world = env_world_size()
+    if enabled is None and world <= 1:
+        return DistributedContext(device=device)
+    missing = [v for v in ENV_VARS if v != "LOCAL_RANK" and not os.environ.get(v)]
+    if missing:
+        raise ValueError(f"distributed training needs the environment variables {', '.join(ENV_VARS[:2])}, "
+                         f"MASTER_ADDR and MASTER_PORT, which torchrun sets; {', '.join(missing)} missing. "
+                         "Launch with `torchrun --nproc_per_node N -m pyrovae train ...`")
+    if not dist.is_available():
+        raise ValueError("this PyTorch build has no torch.distributed; install one that has it")
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s); "
+                             "start at most one process per GPU (torchrun --nproc_per_node)")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    kwargs = {"timeout": timeout} if timeout is not None else {}
+    if backend == "nccl":
+        kwargs["device_id"] = device
+    dist.init_process_group(backend, rank=rank, world_size=world, **kwargs)
+    atexit.register(cleanup)
+    return DistributedContext(rank, world, local_rank, device, backend)
+
+
+def is_main_process() -> bool:
+    """True unless this process is a rank other than 0 of a process group (initialized, or announced by
+    torchrun's ``$RANK``): the test for work that only one process should do."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return env_world_size() <= 1 or _env_int("RANK", 0) == 0
+
+
+def cleanup() -> None:
+    """Destroy the default process group, if there is one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
