@@ -174,8 +174,8 @@ class VampPrior(nn.Module):
     the prior.
 
     Cost: each call encodes the K pseudo-inputs, and ``log_prob`` of N points evaluates N x K component
-    densities (temporaries of N K z_dim numbers: for :func:`pyrovae.evaluate.log_likelihood`, N is
-    ``max_chunk`` (sample, image) pairs, so lower ``max_chunk`` for large K). With a guide family whose
+    densities (temporaries of N K z_dim numbers; :func:`pyrovae.evaluate.log_likelihood` measures this
+    cost and sizes its chunks to its memory cap). With a guide family whose
     log q needs an inverse flow (:class:`pyrovae.guides.IAF`) each density costs ``z_dim`` network passes.
 
     Args:
