@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    from . import runs  # imported late so that --help stays fast
+    from . import distributed, runs  # imported late so that --help stays fast
 
     try:
         if args.command == "train":
@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint (if any) is intact: continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.cleanup()  # under torchrun: leave the process group now, not at interpreter exit
     return 0
 
 

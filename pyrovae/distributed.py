@@ -38,6 +38,7 @@ References:
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import math
 import os
@@ -90,7 +91,8 @@ def shard_batches(data: ImageDataset, batch_size: int, rank: int, world_size: in
                   sample_generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This process's shards of one epoch of global mini-batches of ``batch_size * world_size`` images.
 
-    The permutation is drawn from ``generator``, which must be in the same state on every process;
+    The permutation is drawn from ``generator`` (at the call), which must be in the same state on
+    every process;
     it is padded to ``padded_size(len(data), world_size)`` with its first images and dealt out with
     stride ``world_size``, so that at every step the shards of all processes are equally large and
     together make up that step's global batch. Dynamic binarization draws from ``sample_generator``
@@ -114,10 +116,15 @@ def shard_batches(data: ImageDataset, batch_size: int, rank: int, world_size: in
     total = padded_size(n, world_size)
     if total > n:
         order = order.repeat(math.ceil(total / n))[:total]
-    mine = order[rank::world_size]
-    for start in range(0, len(mine), batch_size):
-        index = mine[start:start + batch_size]
-        yield data.get(index, sample_generator if sample_generator is not None else generator), data.labels[index]
+    return _gather(data, order[rank::world_size], batch_size,
+                   sample_generator if sample_generator is not None else generator)
+
+
+def _gather(data: ImageDataset, index: torch.Tensor, batch_size: int,
+            generator: torch.Generator | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(index), batch_size):
+        batch = index[start:start + batch_size]
+        yield data.get(batch, generator), data.labels[batch]
 
 
 def padded_size(n: int, world_size: int) -> int:
@@ -398,6 +405,11 @@ def is_main_process() -> bool:
 
 
 def cleanup() -> None:
-    """Destroy the default process group, if there is one."""
+    """Destroy the default process group, if there is one. Call it when training is over (``pyrovae``'s
+    command line does): torchrun's processes then leave the group while the interpreter is whole. The
+    exit handler that :func:`init_distributed` registers is a fallback; with DDP in use, gloo has been
+    seen to abort a process that left it to that handler ("terminate called without an active
+    exception"), and torchrun then stops every other process."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()  # DDP wrappers in reference cycles release the group before it goes
         dist.destroy_process_group()

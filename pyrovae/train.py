@@ -74,10 +74,6 @@ def kl_weight(config: RunConfig, step: int, steps_per_epoch: int) -> float:
     return config.beta * (step + 1) / warmup
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
-
-
 @torch.no_grad()
 def elbo_per_image(vae: VAE, data: ImageDataset, elbo, batch_size: int = 1000,
                    device: torch.device | str = "cpu") -> float:
