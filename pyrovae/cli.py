@@ -207,6 +207,12 @@ def _option(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), value
 
 
+def _summary(metrics: dict) -> dict:
+    """What the terminal gets: the scalar metrics (per-dimension lists and nested tables stay in the run
+    folder's metrics.json)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -220,14 +226,14 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{kind}{config.model.network}-z{config.model.z_dim}"
             metrics = runs.train_run(config, out, resume=args.resume, progress=False if args.no_progress else None)
             if metrics:  # {} on the ranks other than 0 of a torchrun launch
-                print(json.dumps({"run_dir": out, **metrics["test"]}, indent=2))
+                print(json.dumps(_summary({"run_dir": out, **metrics["test"]}), indent=2))
         elif args.command == "evaluate":
             metrics = runs.evaluate_run(args.run_dir, args.num_samples, args.data_dir, args.device,
                                         args.max_chunk, progress=False if args.no_progress else None,
                                         max_memory_gb=args.max_memory_gb, probe=not args.no_probe,
                                         probe_train_size=args.probe_train_size,
                                         latent_statistics=not args.no_latent_stats, test_size=args.test_size)
-            print(json.dumps(metrics, indent=2))
+            print(json.dumps(_summary(metrics), indent=2))
         elif args.command == "sample":
             print(runs.sample_run(args.run_dir, args.n, args.seed, args.out, args.device, digit=args.digit,
                                   manifold=args.manifold))
