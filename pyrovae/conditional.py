@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from .evaluate import log_importance_weights, summarize
 from .guides import DiagonalNormal
 from .likelihoods import Bernoulli
-from .models import _scaled
+from .models import _scaled, data_plate
 from .nets import NETWORKS, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .priors import StandardNormal, check_prior
 
@@ -211,13 +211,6 @@ class CVAE(nn.Module):
         """Labels ``y (*batch,)`` (integers, trusted) -> ``(*batch, num_classes)`` one-hot of ``dtype``."""
         return F.one_hot(y.long(), self.num_classes).to(dtype)
 
-    def _plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
-        batch = x.shape[0]
-        if num_data is None or num_data == batch:
-            return pyro.plate("data", batch, dim=-1)
-        # A mini-batch of a data set of num_data points: log-densities are scaled by num_data / batch.
-        return pyro.plate("data", num_data, subsample=torch.arange(batch), dim=-1)
-
     def model(self, x: torch.Tensor, y: torch.Tensor, num_data: int | None = None,
               beta: float = 1.0) -> torch.Tensor:
         """p(z) p(x|z, y) for a batch ``x (batch, *x_shape)`` with labels ``y (batch,)`` (integers). As
@@ -227,7 +220,7 @@ class CVAE(nn.Module):
         Returns z ``(batch, z_dim)``."""
         if is_validation_enabled():
             self.check_labels(y, x)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             with _scaled(beta):
                 z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z, self.one_hot(y, z.dtype))), obs=x)
@@ -239,7 +232,7 @@ class CVAE(nn.Module):
         weighed by ``beta`` as in :meth:`model`. Returns z ``(batch, z_dim)``."""
         if is_validation_enabled():
             self.check_labels(y, x)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             with _scaled(beta):
                 return pyro.sample("z", self.guide_family(self.encoder(x, self.one_hot(y, x.dtype))))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -22,6 +22,41 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_device(v: str) -> str:
+    if v != "cpu" and not v.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {v!r}")
+    return v
+
+
+#: A device name: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+Device = Annotated[str, pydantic.AfterValidator(_check_device)]
+
+
+class SavedConfig(_Strict):
+    """A frozen, strict config that round-trips through JSON: the base of every run's ``config.json``
+    (:class:`RunConfig`, and the M2 and structured-output configs)."""
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Raises :class:`ConfigError` naming each bad field."""
+        return make_config(cls, **d)
+
+    def save(self, path: str | Path) -> None:
+        from .checkpoint import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the run config ({e})") from e
+        return cls.from_dict(d)
 
 
 class ModelConfig(_Strict):
@@ -89,7 +124,7 @@ def _known(value: str, registry: dict, what: str) -> str:
     return value
 
 
-class RunConfig(_Strict):
+class RunConfig(SavedConfig):
     """Everything a training run depends on. Defaults are the 50-d MLP VAE of the README.
 
     The optimizer is Adam at ``lr``, annealed by a cosine schedule to ``lr * final_lr_ratio`` over
@@ -119,17 +154,10 @@ class RunConfig(_Strict):
     validation_size: int = Field(0, ge=0)
     train_size: Optional[PositiveInt] = None
     seed: int = 0
-    device: str = "cpu"
+    device: Device = "cpu"
     data_dir: Optional[str] = None
     eval_num_samples: PositiveInt = 1000
     kl_term: Optional[Literal["analytic", "monte_carlo"]] = None
-
-    @pydantic.field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v != "cpu" and not v.startswith("cuda"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {v!r}")
-        return v
 
     @pydantic.model_validator(mode="after")
     def _free_bits_needs_an_elbo(self) -> "RunConfig":
@@ -137,27 +165,6 @@ class RunConfig(_Strict):
             raise ValueError(f"free_bits={self.free_bits} floors the ELBO's KL term, which the IWAE bound does "
                              "not have; use free_bits=0 with elbo='IWAE', or free bits with TraceMeanField_ELBO")
         return self
-
-    # --- (de)serialization ------------------------------------------------------------------------
-
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        return make_config(cls, **d)
-
-    def save(self, path: str | Path) -> None:
-        from .checkpoint import atomic_write_text
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read the run config ({e})") from e
-        return cls.from_dict(d)
 
 
 def make_config(cls: type[BaseModel], **values) -> BaseModel:

@@ -880,7 +880,7 @@ def _khat_text(value) -> str:
 def _report(r: dict) -> str:
     """The Markdown page of :func:`diagnose`: headline table, figures, per-image tables."""
     s, files = r["summary"], r["files"]
-    out = [f"# Posterior diagnostics\n",
+    out = ["# Posterior diagnostics\n",
            f"{s['num_images']} test images, {r['settings']['num_samples']} draws of q(z|x) each; "
            f"z_dim = {s['z_dim']}. All log-densities in nats per image. Numbers: `{JSON}`; draws (ArviZ "
            f"InferenceData): `{NETCDF}`.\n",

@@ -39,6 +39,16 @@ def _scaled(beta: float):
     return poutine.scale(scale=beta)
 
 
+def data_plate(x: torch.Tensor, num_data: int | None, name: str = "data") -> pyro.plate:
+    """The plate (dim -1) over the batch ``x (batch, ...)``; when ``num_data`` is the size of the data
+    set that ``x`` is a mini-batch of, log-densities inside it are scaled by ``num_data / batch``, so an
+    ELBO over the batch estimates the ELBO of the whole set."""
+    batch = x.shape[0]
+    if num_data is None or num_data == batch:
+        return pyro.plate(name, batch, dim=-1)
+    return pyro.plate(name, num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
+
+
 class VAE(nn.Module):
     r"""A variational autoencoder whose prior, likelihood and guide family are plug-ins.
 
@@ -83,20 +93,13 @@ class VAE(nn.Module):
 
     # --- the Pyro program -------------------------------------------------------------------------
 
-    def _plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
-        batch = x.shape[0]
-        if num_data is None or num_data == batch:
-            return pyro.plate("data", batch, dim=-1)
-        # A mini-batch of a data set of num_data points: log-densities are scaled by num_data / batch.
-        return pyro.plate("data", num_data, subsample=torch.arange(batch), dim=-1)
-
     def model(self, x: torch.Tensor, num_data: int | None = None, beta: float = 1.0) -> torch.Tensor:
         """p(z) p(x|z) for a batch ``x (batch, *x_shape)``; ``num_data`` is the data-set size when
         ``x`` is a mini-batch of it (scales the ELBO to the whole set). ``beta`` weighs the latent site
         (``poutine.scale``), so that an ELBO over model and guide weighs its KL term by ``beta``
         (beta-VAE, Higgins et al. 2017; KL warm-up, Sonderby et al. 2016); 1 is the ELBO itself.
         Returns z ``(batch, z_dim)``."""
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             with _scaled(beta):
                 z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -105,7 +108,7 @@ class VAE(nn.Module):
     def guide(self, x: torch.Tensor, num_data: int | None = None, beta: float = 1.0) -> torch.Tensor:
         """q(z|x) for a batch ``x (batch, *x_shape)``, with the latent site weighed by ``beta`` as in
         :meth:`model`. Returns z ``(batch, z_dim)``."""
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             with _scaled(beta):
                 return pyro.sample("z", self.guide_family(self.encoder(x)))
 

@@ -179,7 +179,23 @@ def _check_layout(model_trace, guide_trace, objective: str) -> None:
 # --- the importance-weighted bound ----------------------------------------------------------------------
 
 
-class IWAE(ELBO):
+class _DifferentiableELBO(ELBO):
+    """An ELBO defined by its ``differentiable_loss``; ``loss`` and ``loss_and_grads`` (what
+    ``pyro.infer.SVI`` calls) follow from it."""
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """The value of :meth:`differentiable_loss` as a float (no gradients)."""
+        with torch.no_grad():
+            return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """:meth:`loss`, after backpropagating it (for ``pyro.infer.SVI``)."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward(retain_graph=self.retain_graph)
+        return loss.item()
+
+
+class IWAE(_DifferentiableELBO):
     r"""The importance-weighted bound (Burda, Grosse & Salakhutdinov 2016) as a training objective.
 
     For each data point x_n, with z_{1..K} ~ q(z | x_n) drawn independently,
@@ -247,17 +263,6 @@ class IWAE(ELBO):
         """``-(num_data / batch) * sum_n L_K(x_n)``: a scalar tensor in nats, to minimize."""
         bound, data_scale = self._bound_and_scale(model, guide, args, kwargs)
         return -data_scale * bound.sum()
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """The value of :meth:`differentiable_loss` as a float (no gradients)."""
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """:meth:`loss`, after backpropagating it (for ``pyro.infer.SVI``)."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward(retain_graph=self.retain_graph)
-        return loss.item()
 
 
 # --- free bits ------------------------------------------------------------------------------------------
@@ -353,7 +358,7 @@ def free_bits_kl(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
     return kl.shape[0] * kl.mean(0).clamp(min=free_bits).sum()
 
 
-class FreeBitsELBO(ELBO):
+class FreeBitsELBO(_DifferentiableELBO):
     r"""The ELBO with free bits (Kingma et al. 2016): each latent dimension's KL floored at lambda nats.
 
     For a mini-batch of B data points,
@@ -421,17 +426,6 @@ class FreeBitsELBO(ELBO):
             kl = kl.expand(k, _data_size(model_trace), kl.shape[-1]).mean(0)  # average over the particles
             elbo = elbo - scale * free_bits_kl(kl, self.free_bits)
         return -torch.as_tensor(elbo)
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """The value of :meth:`differentiable_loss` as a float (no gradients)."""
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """:meth:`loss`, after backpropagating it (for ``pyro.infer.SVI``)."""
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward(retain_graph=self.retain_graph)
-        return loss.item()
 
 
 # --- by name --------------------------------------------------------------------------------------------

@@ -45,7 +45,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -58,20 +57,21 @@ import pydantic
 import pyro
 import pyro.distributions as dist
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO, config_enumerate
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, CONFIG, atomic_write_text, load_checkpoint, save_checkpoint
-from .config import ConfigError, make_config
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
+from .config import Device, SavedConfig
 from .data import ImageDataset, load_mnist
 from .guides import DiagonalNormal
 from .likelihoods import LIKELIHOODS, Bernoulli
+from .models import data_plate
 from .priors import StandardNormal, check_prior
-from .train import RunDirError, make_optimizer, resolve_device, write_metrics
+from .train import make_optimizer, read_run_dir, resolve_device, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -286,13 +286,6 @@ class M2(nn.Module):
 
     # --- the Pyro programs ----------------------------------------------------------------------------
 
-    def _plate(self, x: torch.Tensor, num_data: int | None, name: str = "data") -> pyro.plate:
-        batch = x.shape[0]
-        if num_data is None or num_data == batch:
-            return pyro.plate(name, batch, dim=-1)
-        # A mini-batch of a set of num_data images: log densities are scaled by num_data / batch.
-        return pyro.plate(name, num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
-
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(start_dim=x.dim() - len(self.x_shape))
 
@@ -305,7 +298,7 @@ class M2(nn.Module):
         """p(y) p(z) p(x|y,z) for images ``x (batch, *x_shape)`` and, where known, labels ``y (batch,)``
         int64 (observed; None leaves ``y`` latent). ``num_data`` is the size of the set that ``x`` is a
         mini-batch of (scales the log densities to the whole set). Returns z."""
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             z = pyro.sample("z", self.prior())
             prior_y = dist.Categorical(logits=x.new_zeros(self.num_classes))
             y = pyro.sample("y", prior_y, obs=y)
@@ -315,7 +308,7 @@ class M2(nn.Module):
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, num_data: int | None = None) -> torch.Tensor:
         """q(y|x) (only where ``y`` is None) and q(z|x,y), for ``x (batch, *x_shape)``. Returns z: ``(batch,
         z_dim)``, or ``(num_classes, batch, z_dim)`` when ``y`` is enumerated in parallel."""
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             if y is None:
                 y = pyro.sample("y", dist.Categorical(logits=self.classifier(x)))
             return pyro.sample("z", self.guide_family(self.encoder(self._flat(x), y)))
@@ -332,7 +325,7 @@ class M2(nn.Module):
         (batch,)`` observed under q(y|x), weighed by ``multiplier`` per image with ``poutine.scale``.
         With the empty :meth:`classification_guide`, an ELBO over this pair is ``multiplier * sum log
         q(y|x)`` (nats), scaled to ``num_data`` images."""
-        with self._plate(x, num_data, name="labelled"), poutine.scale(scale=multiplier):
+        with data_plate(x, num_data, name="labelled"), poutine.scale(scale=multiplier):
             pyro.sample("y_aux", dist.Categorical(logits=self.classifier(x)), obs=y)
 
     def classification_guide(self, x: torch.Tensor, y: torch.Tensor, num_data: int | None = None,
@@ -478,7 +471,7 @@ class M2Objective:
 # --- configuration ---------------------------------------------------------------------------------------
 
 
-class M2Config(BaseModel):
+class M2Config(SavedConfig):
     """Every setting of an M2 run, serialized to ``config.json`` and the checkpoint.
 
     Defaults follow the Pyro SS-VAE tutorial where it states them (z_dim 50, one hidden layer of 500
@@ -490,8 +483,6 @@ class M2Config(BaseModel):
     estimates of the same J^alpha (the plates scale each batch to its set), and a labelled batch at
     every step gives the classification term lower variance.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     num_labels: PositiveInt = 100
     z_dim: PositiveInt = 50
@@ -507,7 +498,7 @@ class M2Config(BaseModel):
     validation_size: int = Field(0, ge=0)
     train_size: Optional[PositiveInt] = None
     seed: int = 0
-    device: str = "cpu"
+    device: Device = "cpu"
     data_dir: Optional[str] = None
 
     @pydantic.field_validator("num_labels")
@@ -524,31 +515,6 @@ class M2Config(BaseModel):
         if v not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {v!r}; choose one of {', '.join(LIKELIHOODS)}")
         return v
-
-    @pydantic.field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v != "cpu" and not v.startswith("cuda"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {v!r}")
-        return v
-
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "M2Config":
-        return make_config(cls, **d)
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "M2Config":
-        try:
-            d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read the run config ({e})") from e
-        return cls.from_dict(d)
 
 
 def build_m2(config: M2Config, x_shape: Sequence[int] = (1, 28, 28)) -> M2:
@@ -647,16 +613,10 @@ def fit_m2(config: M2Config, run_dir: str | os.PathLike, resume: bool = False,
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
-    state = None
-    if resume:
-        if not ckpt_path.exists():
-            raise RunDirError(f"--resume given but {run_dir} holds no {CHECKPOINT}; start a new run without --resume")
-        state = load_checkpoint(ckpt_path)
+    state = read_run_dir(run_dir, resume)
+    if state is not None:
         saved = M2Config.from_dict(state["config"])
         config = saved.model_copy(update={"epochs": config.epochs, "device": config.device})
-    elif ckpt_path.exists():
-        raise RunDirError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
-                          "choose another output folder")
     device = resolve_device(config.device)
 
     if data is None:

@@ -59,15 +59,17 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
+from pydantic import PositiveFloat, PositiveInt
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
-from .config import make_config
+from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
+from .config import Device, SavedConfig
 from .data import ImageDataset, load_mnist
+from .models import data_plate
+from .nets import _mlp
 from .objectives import make_elbo
-from .train import RunDirError, make_optimizer, resolve_device, write_metrics
+from .train import make_optimizer, read_run_dir, resolve_device, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -194,23 +196,6 @@ def _observed(y: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor | No
     return None if y is None else torch.where(hidden, y, torch.zeros_like(y))
 
 
-def _plate(x: torch.Tensor, num_data: int | None) -> pyro.plate:
-    batch = x.shape[0]
-    if num_data is None or num_data == batch:
-        return pyro.plate("data", batch, dim=-1)
-    # A mini-batch of a data set of num_data points: log-densities are scaled by num_data / batch.
-    return pyro.plate("data", num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
-
-
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
 # --- networks ---------------------------------------------------------------------------------
 
 
@@ -240,7 +225,7 @@ class BaselineNet(nn.Module):
         """p(y | x) for a batch; samples y when ``y`` is None. Returns the completed images
         ``(batch, C, H, W)``: x on visible pixels, y on hidden ones."""
         hidden = x == MASK_VALUE
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             y = pyro.sample("y", hidden_pixel_likelihood(self(x), hidden), obs=_observed(y, hidden))
         return torch.where(hidden, y, x)
 
@@ -379,7 +364,7 @@ class StructuredCVAE(nn.Module):
         size when the batch is a mini-batch of it. Returns the completed images ``(batch, C, H, W)``:
         x on visible pixels, y (observed or sampled) on hidden ones."""
         hidden = x == MASK_VALUE
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             z = pyro.sample("z", self.prior(x))
             y = pyro.sample("y", hidden_pixel_likelihood(self.generation_net(x, z), hidden),
                             obs=_observed(y, hidden))
@@ -390,7 +375,7 @@ class StructuredCVAE(nn.Module):
         if y is None:
             raise ValueError("the guide q(z | x, y) needs the output y; to predict y from x alone run the "
                              "model, which draws z from the prior network p(z | x)")
-        with _plate(x, num_data):
+        with data_plate(x, num_data):
             return pyro.sample("z", dist.Normal(*self.recognition_net(x, y)).to_event(1))
 
     @torch.no_grad()
@@ -556,7 +541,7 @@ def evaluate_structured(baseline: BaselineNet, cvae: StructuredCVAE, images: tor
 # --- configuration, training and run folders ------------------------------------------------------
 
 
-class StructuredConfig(BaseModel):
+class StructuredConfig(SavedConfig):
     """Every setting of a quadrant-completion run; saved as ``config.json`` and in the checkpoint, so a
     run folder alone rebuilds its networks (:func:`load_structured_run`).
 
@@ -567,8 +552,6 @@ class StructuredConfig(BaseModel):
     Bernoulli draw at every pass) or statically; the test set is binarized once with seed 0 (see
     :func:`pyrovae.data.load_mnist`). ``test_size`` keeps the first N test images for evaluation.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     visible: Literal[1, 2, 3]
     z_dim: PositiveInt = 200
@@ -584,15 +567,8 @@ class StructuredConfig(BaseModel):
     test_size: Optional[PositiveInt] = None
     eval_num_samples: PositiveInt = 1000
     seed: int = 0
-    device: str = "cpu"
+    device: Device = "cpu"
     data_dir: Optional[str] = None
-
-    @pydantic.field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v != "cpu" and not v.startswith("cuda"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {v!r}")
-        return v
 
     @pydantic.field_validator("hidden")
     @classmethod
@@ -600,14 +576,6 @@ class StructuredConfig(BaseModel):
         if not v:
             raise ValueError("needs at least one hidden layer, e.g. (500, 500)")
         return v
-
-    def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StructuredConfig":
-        """Raises :class:`pyrovae.config.ConfigError` naming each bad field."""
-        return make_config(cls, **d)
 
 
 def build_structured(config: StructuredConfig) -> StructuredCVAE:
@@ -663,16 +631,10 @@ def fit_structured(config: StructuredConfig, run_dir: str | os.PathLike, resume:
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / CHECKPOINT
-    state = None
-    if resume:
-        if not ckpt_path.exists():
-            raise RunDirError(f"--resume given but {run_dir} holds no {CHECKPOINT}; start a new run without --resume")
-        state = _load_structured_checkpoint(ckpt_path)
+    state = read_run_dir(run_dir, resume, load=_load_structured_checkpoint)
+    if state is not None:
         saved = StructuredConfig.from_dict(state["config"])
         config = saved.model_copy(update={"epochs": config.epochs, "device": config.device})
-    elif ckpt_path.exists():
-        raise RunDirError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
-                          "choose another output folder")
     if config.baseline_epochs is None:
         config = config.model_copy(update={"baseline_epochs": config.epochs})
     device = resolve_device(config.device)
@@ -696,7 +658,7 @@ def fit_structured(config: StructuredConfig, run_dir: str | os.PathLike, resume:
         generator.set_state(state["rng"]["data"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    atomic_write_text(run_dir / CONFIG, json.dumps(config.to_dict(), indent=2) + "\n")
+    config.save(run_dir / CONFIG)
 
     n = len(train)
     steps = -(-n // config.batch_size)

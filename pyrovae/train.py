@@ -166,7 +166,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     ckpt_path = run_dir / CHECKPOINT
     ctx = init_distributed(resolve_device(config.device), distributed)
     device = ctx.device
-    state = ctx.on_main(lambda: _read_run_dir(run_dir, resume))  # rank 0 reads; every rank gets it
+    state = ctx.on_main(lambda: read_run_dir(run_dir, resume))  # rank 0 reads; every rank gets it
     if state is not None:
         saved = RunConfig.from_dict(state["config"])
         config = saved.model_copy(update={"epochs": config.epochs, "device": config.device})
@@ -265,14 +265,19 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     return vae.eval(), history
 
 
-def _read_run_dir(run_dir: Path, resume: bool) -> dict | None:
-    """The checkpoint to resume from (None for a new run); raises RunDirError when ``run_dir`` does not
-    fit ``resume``."""
+def read_run_dir(run_dir: Path, resume: bool, load: Callable[[Path], dict] = load_checkpoint) -> dict | None:
+    """The checkpoint to resume from, read with ``load`` (None for a new run). Every kind of run folder
+    (VAE, M2, structured output) starts through this check.
+
+    Raises:
+        RunDirError: ``run_dir`` holds a checkpoint and ``resume`` is False, or ``resume`` is True and
+            it holds none.
+    """
     ckpt_path = run_dir / CHECKPOINT
     if resume:
         if not ckpt_path.exists():
             raise RunDirError(f"--resume given but {run_dir} holds no {CHECKPOINT}; start a new run without --resume")
-        return load_checkpoint(ckpt_path)
+        return load(ckpt_path)
     if ckpt_path.exists():
         raise RunDirError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
                           "choose another output folder")
