@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                                         max_memory_gb=args.max_memory_gb, probe=not args.no_probe,
                                         probe_train_size=args.probe_train_size,
                                         latent_statistics=not args.no_latent_stats, test_size=args.test_size)
-            print(json.dumps(_summary(metrics), indent=2))
+            if metrics:  # {} on the ranks other than 0 of a torchrun launch
+                print(json.dumps(_summary(metrics), indent=2))
         elif args.command == "sample":
             print(runs.sample_run(args.run_dir, args.n, args.seed, args.out, args.device, digit=args.digit,
                                   manifold=args.manifold))

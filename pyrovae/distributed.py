@@ -208,9 +208,7 @@ class DistributedContext:
             return None
         mine = {"torch": torch.get_rng_state(), "sample": sample_generator.get_state(),
                 "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
-        states: list[Any] = [None] * self.world_size
-        dist.all_gather_object(states, mine)
-        return states
+        return self.all_gather_object(mine)
 
     def restore_rng_states(self, states: list[dict] | None, sample_generator: torch.Generator, seed: int,
                            epoch: int) -> None:
@@ -268,7 +266,45 @@ class DistributedContext:
                              device=self.device)
         return self.all_reduce_sum(total).item() / len(data)
 
+    def shard_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows ``rank, rank + W, ...`` of ``x`` (all of ``x`` for one process): this process's share of
+        per-image work such as the test log-likelihood; :meth:`gather_rows` puts the results back."""
+        return x[self.rank::self.world_size] if self.enabled else x
+
     # --- collectives ------------------------------------------------------------------------------------
+
+    def gather_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """The inverse of :meth:`shard_rows`: every process's ``rows`` (its share of ``n`` per-image
+        results, first dimension ``len(range(rank, n, W))``) put back in the order of the ``n`` images,
+        on every process and on the device of ``rows``. A collective: every rank must call it.
+
+        Raises:
+            ValueError: ``rows`` does not have this process's share of ``n`` rows.
+        """
+        if not self.enabled:
+            return rows
+        mine = len(range(self.rank, n, self.world_size))
+        if rows.shape[0] != mine:
+            raise ValueError(f"rank {self.rank} holds {rows.shape[0]} rows, but its share of {n} is {mine}")
+        comm = self.device if self.backend == "nccl" else torch.device("cpu")
+        most = -(-n // self.world_size)
+        padded = torch.zeros((most, *rows.shape[1:]), dtype=rows.dtype, device=comm)
+        padded[:mine] = rows.to(comm)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        out = torch.empty((n, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        for rank, part in enumerate(parts):
+            out[rank::self.world_size] = part[:len(range(rank, n, self.world_size))].to(rows.device)
+        return out
+
+    def all_gather_object(self, obj: T) -> list[T]:
+        """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` for one."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over all processes (a new tensor; ``tensor`` itself for one process)."""

@@ -41,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from tqdm.auto import tqdm
 
+from .distributed import DistributedContext
 from .models import VAE
 from .objectives import log_weights_from_traces, particle_traces
 
@@ -329,7 +330,7 @@ def plan_chunks(vae: VAE, x: torch.Tensor, num_samples: int, max_memory_gb: floa
 @torch.no_grad()
 def log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk: int | None = None,
                    device: torch.device | str | None = None, progress: bool | None = None,
-                   max_memory_gb: float = 4.0) -> dict:
+                   max_memory_gb: float = 4.0, context: DistributedContext | None = None) -> dict:
     """Importance-sampled log p(x), the ELBO, and the ELBO's reconstruction and KL terms for every image
     of ``x``, in nats.
 
@@ -337,6 +338,12 @@ def log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk
     stays under ``max_memory_gb`` (or under ``max_chunk`` pairs when that is given), while the
     log-sum-exp over samples is accumulated exactly across chunks. Results depend on the chunking
     only through the order of the random draws.
+
+    Under ``torchrun`` (a ``context`` with several processes, see
+    :func:`pyrovae.distributed.init_distributed`) every process is given the same ``x``, works on the
+    images ``rank, rank + W, ...`` with its own random draws (seed each process differently), and
+    every process returns the results for all of ``x``, in order: the same estimate as one process,
+    W times as fast. ``max_memory_gb`` is then the cap of each process.
 
     The reconstruction term E_q[log p(x|z)] is the mean over the K draws. The KL term is
     KL(q(z|x) || p(z)) in closed form when ``kl_divergence`` has a rule for every latent site's pair
@@ -352,18 +359,24 @@ def log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk
         device: where to compute (default: where the model is).
         progress: show a progress bar (default: when stderr is a terminal).
         max_memory_gb: memory cap for one pass, in GB (10^9 bytes; default 4).
+        context: a :class:`pyrovae.distributed.DistributedContext`; with several processes the images
+            are shared out among them (a collective: every process must call this with the same ``x``).
 
     Returns:
         dict with ``log_likelihood``, ``elbo``, ``reconstruction`` and ``kl``: ``(num_images,)``
         tensors in nats per image, on the CPU; ``kl_method`` (``"analytic"`` or ``"monte_carlo"``);
-        ``chunk``, the (sample, image) pairs per pass; ``plan``, :meth:`ChunkPlan.as_dict`; and
-        ``seconds``, the wall-clock time.
+        ``chunk``, the (sample, image) pairs per pass; ``plan``, :meth:`ChunkPlan.as_dict`;
+        ``seconds``, the wall-clock time; and ``processes``, the number of processes that shared it.
 
     Raises:
         ValueError: ``x`` has the wrong shape or dtype, NaN, or values outside the likelihood's support;
-            ``num_samples``, ``max_chunk`` or ``max_memory_gb`` not positive; a cap too small for one pair.
+            ``num_samples``, ``max_chunk`` or ``max_memory_gb`` not positive; a cap too small for one pair;
+            fewer images than processes.
     """
     t0 = time.perf_counter()
+    if context is not None and context.enabled:
+        return _sharded_log_likelihood(vae, x, num_samples, max_chunk, device, progress, max_memory_gb,
+                                       context, t0)
     num_samples = _check_positive_int(num_samples, "num_samples")
     vae.check_data(x)
     device = torch.device(device) if device is not None else next(vae.parameters()).device
@@ -401,7 +414,25 @@ def log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk
     if kl_method == "monte_carlo":  # the first chunks may have had a closed form that later ones lack
         out["kl"] = out["reconstruction"] - out["elbo"]
     return {**out, "kl_method": kl_method, "chunk": plan.pairs, "plan": plan.as_dict(),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "processes": 1}
+
+
+def _sharded_log_likelihood(vae, x, num_samples, max_chunk, device, progress, max_memory_gb,
+                            context: DistributedContext, t0: float) -> dict:
+    """:func:`log_likelihood` with the images shared out among the processes of ``context``."""
+    n = x.shape[0]
+    if n < context.world_size:
+        raise ValueError(f"{n} image(s) cannot be shared among {context.world_size} processes; "
+                         "evaluate more images or start fewer processes")
+    mine = log_likelihood(vae, context.shard_rows(x), num_samples, max_chunk, device,
+                          progress if context.is_main else False, max_memory_gb)
+    out = {k: context.gather_rows(mine[k], n) for k in ("log_likelihood", "elbo", "reconstruction", "kl")}
+    methods = context.all_gather_object(mine["kl_method"])
+    kl_method = "monte_carlo" if "monte_carlo" in methods else "analytic"
+    if kl_method == "monte_carlo":  # one estimator for every image
+        out["kl"] = out["reconstruction"] - out["elbo"]
+    return {**out, "kl_method": kl_method, "chunk": mine["chunk"], "plan": mine["plan"],
+            "seconds": time.perf_counter() - t0, "processes": context.world_size}
 
 
 def summarize(values: torch.Tensor) -> dict:
@@ -624,7 +655,8 @@ def linear_probe(vae: VAE, train_x: torch.Tensor, train_y, test_x: torch.Tensor,
 def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk: int | None = None,
              device: torch.device | str | None = None, progress: bool | None = None, *,
              max_memory_gb: float = 4.0, labels=None, probe_train: tuple | None = None,
-             active_threshold: float = 0.01, latent_statistics: bool = True) -> dict:
+             active_threshold: float = 0.01, latent_statistics: bool = True,
+             context: DistributedContext | None = None) -> dict:
     """Test metrics of ``vae`` on ``x``: what ``pyrovae evaluate`` writes to ``metrics.json``.
 
     Args:
@@ -634,6 +666,9 @@ def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk: int 
             this and ``labels`` are given (see :func:`linear_probe`).
         active_threshold: the threshold of :func:`active_units`.
         latent_statistics: compute the per-dimension KL and the active units (default True).
+        context: several processes share the log-likelihood (see :func:`log_likelihood`); the latent
+            statistics and the probe, which are cheap, are then computed by rank 0 alone, and the
+            other ranks' metrics lack them.
 
     Returns:
         dict (JSON-ready) with
@@ -643,7 +678,8 @@ def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk: int 
         * ``reconstruction_nats`` (E_q[log p(x|z)]) and ``kl_nats`` (KL(q(z|x) || p(z))), with
           ``*_stderr`` and ``kl_method``: reconstruction - KL = ELBO (see :func:`log_likelihood`);
         * ``num_samples``, ``num_images``, ``seconds`` (all of it), ``log_likelihood_seconds``,
-          ``chunk`` ((sample, image) pairs per pass) and ``memory`` (the :class:`ChunkPlan`);
+          ``chunk`` ((sample, image) pairs per pass), ``memory`` (the :class:`ChunkPlan`) and
+          ``processes`` (how many shared the log-likelihood);
         * with ``latent_statistics``: ``kl_per_dimension_nats`` (a list of z_dim numbers, or None with
           the reason in ``kl_per_dimension_note``), ``active_units`` (count), ``active_units_threshold``,
           ``active_units_variance`` (list of z_dim numbers);
@@ -655,7 +691,8 @@ def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk: int 
     t0 = time.perf_counter()
     if probe_train is not None and labels is None:
         raise ValueError("probe_train needs labels, the labels of x (the probe's test images)")
-    out = log_likelihood(vae, x, num_samples, max_chunk, device, progress, max_memory_gb=max_memory_gb)
+    out = log_likelihood(vae, x, num_samples, max_chunk, device, progress, max_memory_gb=max_memory_gb,
+                         context=context)
     ll, elbo = summarize(out["log_likelihood"]), summarize(out["elbo"])
     rec, kl = summarize(out["reconstruction"]), summarize(out["kl"])
     dims = math.prod(x.shape[1:])
@@ -667,7 +704,10 @@ def evaluate(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk: int 
         "kl_nats": kl["mean"], "kl_stderr": kl["stderr"], "kl_method": out["kl_method"],
         "num_samples": num_samples, "num_images": int(x.shape[0]),
         "chunk": out["chunk"], "memory": out["plan"], "log_likelihood_seconds": out["seconds"],
+        "processes": out["processes"],
     }
+    if context is not None and not context.is_main:
+        latent_statistics, probe_train = False, None
     if latent_statistics:
         try:
             metrics["kl_per_dimension_nats"] = kl_per_dimension(vae, x, device=device).tolist()

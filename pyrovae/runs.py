@@ -18,7 +18,7 @@ from .checkpoint import load_run
 from .conditional import CVAE, evaluate_given_labels
 from .config import RunConfig
 from .data import ImageDataset, load_mnist
-from .distributed import is_main_process
+from .distributed import init_distributed, is_main_process
 from .evaluate import evaluate
 from .models import VAE
 from .train import fit, load_data, resolve_device, write_metrics
@@ -96,6 +96,10 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: 
     conditional run: log p(x | y) given the true test labels (keys ``*_given_label_*``, see
     :func:`pyrovae.conditional.evaluate_given_labels`).
 
+    Under ``torchrun`` (``torchrun --nproc_per_node W -m pyrovae evaluate RUN_DIR``) the W processes
+    share the test images of the log-likelihood, each with its own seed; rank 0 computes the rest,
+    writes ``metrics.json`` and returns the metrics, the other ranks return ``{}``.
+
     Raises:
         ValueError: a non-positive ``test_size`` or ``probe_train_size``; see also
             :func:`pyrovae.evaluate.evaluate`.
@@ -103,22 +107,26 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: 
     for name, value in (("test_size", test_size), ("probe_train_size", probe_train_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}={value!r} must be a positive integer")
-    vae, config, _ = load_run(run_dir, resolve_device(device))
+    context = init_distributed(resolve_device(device))
+    vae, config, _ = load_run(run_dir, context.device)
     data_dir = data_dir if data_dir is not None else (os.environ.get("PYROVAE_DATA") or config.data_dir)
     train, _, test = load_mnist(data_dir, config.binarization, 0, seed=config.seed, train_size=probe_train_size)
     x, y = test.images[:test_size], test.labels[:test_size]
-    pyro.set_rng_seed(config.seed)
-    if isinstance(vae, CVAE):  # log p(x | y) given the true test labels
+    pyro.set_rng_seed(context.seed(config.seed))
+    if isinstance(vae, CVAE):  # log p(x | y) given the true test labels; not shared out among processes
         chunk = {} if max_chunk is None else {"max_chunk": max_chunk}
-        metrics = evaluate_given_labels(vae, x, y, num_samples, progress=progress, **chunk)
+        metrics = context.on_main(lambda: evaluate_given_labels(vae, x, y, num_samples, progress=progress,
+                                                                **chunk))
     else:
         probe_train = None
-        if probe:
+        if probe and context.is_main:
             probe_train = (train.get(torch.arange(len(train)), torch.Generator().manual_seed(config.seed)),
                            train.labels)
         metrics = evaluate(vae, x, num_samples, max_chunk=max_chunk, progress=progress,
                            max_memory_gb=max_memory_gb, labels=y, probe_train=probe_train,
-                           latent_statistics=latent_statistics)
+                           latent_statistics=latent_statistics, context=context)
+    if not context.is_main:
+        return {}
     metrics["binarization"] = _test_binarization(config)
     key = f"test_K{num_samples}" + (f"_n{len(x)}" if test_size is not None else "")
     write_metrics(run_dir, {key: metrics})

@@ -29,6 +29,7 @@ from pyrovae.config import ModelConfig, RunConfig  # noqa: E402
 from pyrovae.data import ImageDataset  # noqa: E402
 from pyrovae.distributed import (DistributedContext, cleanup, derive_seed, init_distributed,  # noqa: E402
                                  is_main_process, num_batches, padded_size, shard_batches)
+from pyrovae.evaluate import log_likelihood  # noqa: E402
 from pyrovae.models import VAE  # noqa: E402
 from pyrovae.objectives import make_elbo  # noqa: E402
 from pyrovae.train import RunDirError, fit, make_optimizer, train_step  # noqa: E402
@@ -37,6 +38,7 @@ WORLD = 2
 BATCH = 8  # the global batch of the step test; each process gets half
 NUM_DATA = 100  # the data-set size the step test's plate scales to (the scale must cancel)
 ADAM_STEPS = 3
+NUM_LL_IMAGES = 63  # odd: the two shards differ in size
 
 
 class FixedNoise(Messenger):
@@ -108,6 +110,22 @@ def _worker(out: Path) -> None:
     torch.save({"own_init": own_init, "init": init, "grads": grads, "adam": vae.state_dict()},
                out / f"step_rank{rank}.pt")
 
+    # the test log-likelihood shared out among the processes: on the exact-posterior pPCA every
+    # importance weight is log p(x), so the result is exact and shows where each image's value went
+    from conftest import ppca  # worker mode: tests/ is sys.path[0]
+
+    pyro.set_rng_seed(0)  # the same data on every process
+    ppca_vae, ppca_x, exact = ppca()
+    pyro.set_rng_seed(ctx.seed(0))  # different draws
+    shared = log_likelihood(ppca_vae, ppca_x[:NUM_LL_IMAGES], num_samples=7, max_chunk=20, context=ctx)
+    torch.save({**{k: v for k, v in shared.items() if k != "plan"}, "exact": exact[:NUM_LL_IMAGES]},
+               out / f"ll_rank{rank}.pt")
+    try:
+        log_likelihood(ppca_vae, ppca_x[:1], num_samples=3, context=ctx)
+        too_few = None
+    except ValueError as e:
+        too_few = str(e)
+
     # the validation ELBO's reduction: a per-image mean over shards, weighed by shard size
     data = fit_data()
     shard_mean = ctx.mean_over_shards(lambda d: d.images.sum((1, 2, 3)).mean().item(), data[1])
@@ -134,6 +152,7 @@ def _worker(out: Path) -> None:
         pass
     resumed_model, resumed = fit(fit_config(), folder("resumed"), resume=True, data=data, progress=False)
     torch.save({"straight": straight, "resumed": resumed, "refused": refused, "shard_mean": shard_mean,
+                "too_few": too_few,
                 "model": model.state_dict(), "resumed_model": resumed_model.state_dict()},
                out / f"fit_rank{rank}.pt")
 
@@ -337,6 +356,26 @@ def test_rank_0_alone_writes_the_run_folder(worker_out):
     assert not list(worker_out.glob("**/.*.tmp"))  # atomic writes leave no temporary files
 
 
+def test_shared_log_likelihood_puts_every_image_back_in_its_place(worker_out):
+    shared = _ranks(worker_out, "ll")
+    torch.testing.assert_close(shared[0]["exact"], shared[1]["exact"], rtol=0, atol=0)  # the same data
+    assert shared[0]["exact"].std() > 1  # images whose places matter
+    for out in shared:  # every rank gets all the images, each in its place, with the exact value
+        assert out["processes"] == WORLD and out["kl_method"] == "analytic"
+        assert out["log_likelihood"].shape == (NUM_LL_IMAGES,)
+        torch.testing.assert_close(out["log_likelihood"], out["exact"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(out["elbo"], out["exact"], rtol=0, atol=1e-4)  # the exact posterior's
+    for k in ("log_likelihood", "elbo", "reconstruction", "kl"):
+        assert torch.equal(shared[0][k], shared[1][k])
+    assert all("cannot be shared among 2 processes" in f["too_few"] for f in _ranks(worker_out, "fit"))
+
+
+def test_gather_rows_with_one_process_is_the_identity():
+    ctx, rows = DistributedContext(), torch.arange(5.0)
+    assert ctx.shard_rows(rows) is rows and ctx.gather_rows(rows, 5) is rows
+    assert ctx.all_gather_object("x") == ["x"]
+
+
 def test_run_folder_errors_reach_every_process(worker_out):
     refused = [f["refused"] for f in _ranks(worker_out, "fit")]
     assert refused[0] is not None and "--resume" in refused[0] and refused[0] == refused[1]
@@ -390,6 +429,17 @@ def test_torchrun_train_reaches_the_test_elbo_of_one_process_with_the_same_globa
     gain = sum(elbos) / 2 - single[0]["history"][0]["train_elbo"]
     assert gain > 0
     assert abs(ddp["test"]["elbo_nats"] - sum(elbos) / 2) <= max(3 * abs(elbos[0] - elbos[1]), 0.15 * gain)
+
+    # the same checkpoint evaluated by two processes and by one: the same estimate within its error
+    evaluate = ["evaluate", str(tmp_path / "ddp"), "-k", "100", "--test-size", "300", "--no-probe",
+                "--data-dir", str(mnist_root), "--no-progress"]
+    torchrun(["-m", "pyrovae", *evaluate])
+    two = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["test_K100_n300"]
+    assert main(evaluate) == 0
+    one = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["test_K100_n300"]
+    assert two["processes"] == 2 and one["processes"] == 1 and two["num_images"] == one["num_images"] == 300
+    assert abs(two["log_likelihood_nats"] - one["log_likelihood_nats"]) < one["log_likelihood_stderr"]
+    assert two["active_units"] == one["active_units"]  # rank 0 computes the latent statistics
 
 
 if __name__ == "__main__":
