@@ -77,6 +77,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+#: The ``kind`` that the checkpoints of other run folders carry, and what to call them in errors.
+OTHER_RUN_KINDS = {"m2": "semi-supervised M2 (`pyrovae semisupervised`)",
+                   "structured-cvae": "structured-output CVAE (`pyrovae structured`)"}
+
+
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the trained model of a run folder from its checkpoint alone.
 
@@ -85,10 +90,15 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
         conditional run) in eval mode on ``device``, its :class:`RunConfig`, and the raw checkpoint dict.
 
     Raises:
-        CheckpointError: see :func:`load_checkpoint`; also when the weights do not fit the config.
+        CheckpointError: see :func:`load_checkpoint`; also when the weights do not fit the config, or
+            the folder holds an M2 or structured-output run (they have their own loaders).
     """
     path = Path(run_dir) / CHECKPOINT
     state = load_checkpoint(path, map_location=device)
+    kind = state.get("kind")
+    if kind in OTHER_RUN_KINDS:
+        raise CheckpointError(f"{run_dir} is a {OTHER_RUN_KINDS[kind]} run, not a VAE or CVAE run: this command "
+                              "works on runs of `pyrovae train`; its test metrics are in its metrics.json")
     config = RunConfig.from_dict(state["config"])
     vae = build_model(config.model)
     try:

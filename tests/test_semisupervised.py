@@ -257,6 +257,9 @@ def test_resumed_run_equals_an_uninterrupted_one_and_reloads_from_its_folder(tmp
     assert torch.equal(loaded.classify(x), resumed.classify(x))
     with pytest.raises(RunDirError, match="--resume"):
         fit_m2(config, tmp_path / "b", data=data)
+    from pyrovae.checkpoint import CheckpointError, load_run
+    with pytest.raises(CheckpointError, match="semi-supervised M2"):  # not a VAE run: one clear error
+        load_run(tmp_path / "b")
 
 
 # --- the command line ---------------------------------------------------------------------------------

@@ -311,6 +311,11 @@ def test_one_epoch_writes_its_files_and_reloads(tmp_path):
     assert path.stat().st_size > 0
     with pytest.raises(RunDirError, match="--resume"):
         fit_structured(tiny_config(), tmp_path, data=data, progress=False)
+    from pyrovae.cli import main
+    assert main(["sample", str(tmp_path), "-n", "4"]) == 2  # not a VAE run: one clear error
+    from pyrovae.checkpoint import load_run
+    with pytest.raises(CheckpointError, match="structured-output CVAE"):
+        load_run(tmp_path)
 
 
 @pytest.mark.parametrize("stop_at", [("baseline", 1), ("cvae", 1)])
