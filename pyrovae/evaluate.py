@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .distributed import DistributedContext
 from .models import VAE
-from .objectives import log_weights_from_traces, particle_traces
+from .objectives import kl_per_dim, log_weights_from_traces, particle_traces
 
 #: Share of the memory cap that the plan fills: room for kernels' internal scratch buffers, which the
 #: CPU measurement cannot see.
@@ -456,19 +456,6 @@ def _latent_site(guide_trace, model_trace, site: str):
     return guide_trace.nodes[site]["fn"], model_trace.nodes[site]["fn"]
 
 
-def _not_factorized(q, p, z_dim: int) -> str | None:
-    """Why KL(q || p) does not split into per-dimension terms, or None when it does (both are
-    Independent univariate distributions over the z_dim dimensions)."""
-    for what, d in (("guide", q), ("prior", p)):
-        if not (isinstance(d, torch.distributions.Independent) and d.reinterpreted_batch_ndims == 1
-                and tuple(d.base_dist.event_shape) == () and tuple(d.event_shape) == (z_dim,)):
-            return (f"the {what} distribution {type(d).__name__} does not factorize over the {z_dim} latent "
-                    f"dimensions, so KL(q || p) has no per-dimension split; kl_per_dimension needs a factorized "
-                    f"guide and prior (e.g. diagonal_normal with standard_normal or learned_normal); "
-                    f"active_units works for every model")
-    return None
-
-
 def _device_of(vae: VAE, device) -> torch.device:
     return torch.device(device) if device is not None else next(vae.parameters()).device
 
@@ -513,14 +500,11 @@ def kl_per_dimension(vae: VAE, x: torch.Tensor, batch_size: int = 1000, num_samp
         total = 0.0
         for xb in _batches(x, batch_size, device):
             q, p = _latent_site(*_traces(vae, xb), site)
-            reason = _not_factorized(q, p, vae.z_dim)
-            if reason:
-                raise ValueError(reason)
+            kl_per_dim(q, p, z=q.sample())  # one clear error for a prior or guide that does not factorize
             try:
-                kl = kl_divergence(q.base_dist, p.base_dist)
-            except NotImplementedError:
-                z = q.base_dist.sample((num_samples,))
-                kl = (q.base_dist.log_prob(z) - p.base_dist.log_prob(z)).mean(0)
+                kl = kl_per_dim(q, p)  # the closed form
+            except ValueError:  # none: the Monte Carlo mean over num_samples draws
+                kl = kl_per_dim(q, p, z=q.sample((num_samples,)), analytic=False).mean(0)
             total = total + kl.reshape(-1, vae.z_dim).sum(0)
     finally:
         vae.train(was_training)

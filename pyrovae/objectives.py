@@ -305,9 +305,9 @@ def kl_per_dim(guide_dist: Distribution, prior_dist: Distribution, z: torch.Tens
         if _factors(d) is None:
             raise ValueError(
                 f"the {what} {type(d).__name__} does not factorize over the latent dimensions, so the KL term "
-                f"has no per-dimension split; free bits needs a factorized (Independent, e.g. Normal(...)."
-                f"to_event(1)) {what}, such as the standard_normal or learned_normal prior and the "
-                f"diagonal_normal guide")
+                f"has no per-dimension split; free bits and the KL per dimension need a factorized "
+                f"(Independent, e.g. Normal(...).to_event(1)) {what}, such as the standard_normal or "
+                f"learned_normal prior and the diagonal_normal guide (active units work for every model)")
     q, p = _factors(guide_dist), _factors(prior_dist)
     event_shape = guide_dist.event_shape
     kl = None
