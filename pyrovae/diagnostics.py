@@ -142,18 +142,20 @@ def _draws(model, guide, x: torch.Tensor, num_samples: int, max_chunk: int, othe
     Returns ``z (S, n, z_dim)``, ``log_w (S, n)`` = log p(x, z) - log q(z|x) and ``log_q (S, n)`` =
     log q(z|x) for the guide's own draws; with ``other``, a function ``(start, stop) -> distribution`` over
     z for the images ``x[start:stop]``, also ``log_other (S, n)``, that distribution's log density at the
-    same draws."""
+    same draws. A guide with per-image parameters (:class:`LocalGuide`) is restricted to each chunk's
+    images through its ``rows(start, stop)``."""
     n = x.shape[0]
     samples_per_pass = min(num_samples, max_chunk)
     images_per_pass = max(1, max_chunk // samples_per_pass)
     columns = {"z": [], "log_w": [], "log_q": [], "log_other": []}
     for start in range(0, n, images_per_pass):
         xb = x[start:start + images_per_pass]
+        chunk_guide = guide.rows(start, start + xb.shape[0]) if hasattr(guide, "rows") else guide
         rows = {key: [] for key in columns}
         for done in range(0, num_samples, samples_per_pass):
             k = min(samples_per_pass, num_samples - done)
             with pyro.validation_enabled(False):
-                model_trace, guide_trace = particle_traces(model, guide, k, xb)
+                model_trace, guide_trace = particle_traces(model, chunk_guide, k, xb)
             if LATENT_SITE not in guide_trace.nodes:
                 raise ValueError(f"the guide has no sample site {LATENT_SITE!r}; pyrovae.diagnostics works with "
                                  "pyrovae.VAE's layout (one latent site 'z' inside the data plate)")
@@ -366,10 +368,23 @@ class LocalGuide(nn.Module):
         self.guide_family = guide_family
         self.h = nn.Parameter(h.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples z ``(n, z_dim)`` in the data plate of :meth:`pyrovae.VAE.model` (called with ``x`` alone)."""
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """Samples z ``(n, z_dim)`` in the data plate of :meth:`pyrovae.VAE.model` (called with ``x`` alone);
+        ``h`` (default: all of :attr:`h`) are the parameters of the images ``x``.
+
+        Raises:
+            ValueError: ``x`` and the parameters are for different numbers of images.
+        """
+        h = self.h if h is None else h
+        if x.shape[0] != h.shape[0]:
+            raise ValueError(f"LocalGuide: {x.shape[0]} images but parameters for {h.shape[0]}; "
+                             "use .rows(start, stop) for a slice of the images it was built for")
         with pyro.plate("data", x.shape[0], dim=-1):
-            return pyro.sample(LATENT_SITE, self.guide_family(self.h))
+            return pyro.sample(LATENT_SITE, self.guide_family(h))
+
+    def rows(self, start: int, stop: int):
+        """This guide restricted to the images ``x[start:stop]`` it was built for (a Pyro guide)."""
+        return lambda x: self(x, self.h[start:stop])
 
 
 def _mean_and_stderr(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

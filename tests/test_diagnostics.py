@@ -16,7 +16,7 @@ from pyrovae.checkpoint import save_checkpoint
 from pyrovae.cli import main
 from pyrovae.config import ModelConfig, RunConfig, build_model
 from pyrovae.diagnostics import (
-    KHAT_BAD, KHAT_GOOD, amortization_gap, diagnose, latent_traversal, mcmc_reference, posterior_collapse,
+    KHAT_BAD, KHAT_GOOD, LocalGuide, amortization_gap, diagnose, latent_traversal, mcmc_reference, posterior_collapse,
     posterior_samples, psis_khat, save_netcdf, to_inference_data)
 
 from .conftest import ppca
@@ -124,6 +124,18 @@ def test_exact_guide_has_zero_inference_and_amortization_gaps():
     assert (out["inference_gap"].abs() < 0.03).all()
     assert (out["amortization_gap"].abs() < 4 * out["amortization_gap_stderr"] + 0.01).all()
     assert (out["approximation_gap"].abs() < 4 * out["amortization_gap_stderr"] + 0.01).all()
+
+
+def test_gaps_do_not_depend_on_how_the_images_are_chunked():
+    vae, x, log_px, _, _ = exact_posterior(shift=0.5, scale_factor=0.5)
+    kw = dict(steps=20, lr=0.05, num_particles=4, num_samples=40, log_likelihood_samples=40, seed=3)
+    whole = amortization_gap(vae, x[:10], **kw)
+    chunked = amortization_gap(vae, x[:10], max_chunk=120, **kw)  # 3 images per pass: 4 chunks of images
+    torch.testing.assert_close(chunked["optimized_params"]["loc"], whole["optimized_params"]["loc"])
+    for key in ("elbo", "elbo_optimized", "log_likelihood"):  # estimates of the same numbers, other draws
+        assert ((chunked[key] - whole[key]).abs() < 6 * whole["elbo_stderr"] + 0.05).all(), key
+    with pytest.raises(ValueError, match="rows"):
+        LocalGuide(vae.guide_family, vae.encoder(x[:10]))(x[:4])
 
 
 def test_svi_on_local_parameters_recovers_the_exact_posterior_from_a_bad_guide():
