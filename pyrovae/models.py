@@ -49,6 +49,19 @@ def data_plate(x: torch.Tensor, num_data: int | None, name: str = "data") -> pyr
     return pyro.plate(name, num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
 
 
+def check_data(x: torch.Tensor, x_shape: tuple[int, ...], likelihood) -> None:
+    """Raise ``ValueError`` unless ``x`` is a ``(batch, *x_shape)`` tensor in ``likelihood``'s support
+    (its ``check_support`` checks dtype, finiteness and values): the data check of every model."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor of shape (batch, {', '.join(map(str, x_shape))}), "
+                         f"got {type(x).__name__}")
+    if x.dim() != 1 + len(x_shape) or tuple(x.shape[1:]) != tuple(x_shape):
+        raise ValueError(f"x has shape {tuple(x.shape)}; this model takes (batch, "
+                         f"{', '.join(map(str, x_shape))}): reshape it, e.g. x.view(-1, "
+                         f"{', '.join(map(str, x_shape))})")
+    likelihood.check_support(x)
+
+
 class VAE(nn.Module):
     r"""A variational autoencoder whose prior, likelihood and guide family are plug-ins.
 
@@ -117,14 +130,7 @@ class VAE(nn.Module):
     def check_data(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is ``(batch, *x_shape)``, floating point, finite and in the
         likelihood's support. Called once at public entry points, never per training step."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"x must be a torch.Tensor of shape (batch, {', '.join(map(str, self.x_shape))}), "
-                             f"got {type(x).__name__}")
-        if x.dim() != 1 + len(self.x_shape) or tuple(x.shape[1:]) != self.x_shape:
-            raise ValueError(f"x has shape {tuple(x.shape)}; this model takes (batch, "
-                             f"{', '.join(map(str, self.x_shape))}): reshape it, e.g. x.view(-1, "
-                             f"{', '.join(map(str, self.x_shape))})")
-        self.likelihood.check_support(x)
+        check_data(x, self.x_shape, self.likelihood)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -69,7 +69,7 @@ from .config import Device, SavedConfig
 from .data import ImageDataset, load_mnist
 from .guides import DiagonalNormal
 from .likelihoods import LIKELIHOODS, Bernoulli
-from .models import data_plate
+from .models import check_data, data_plate
 from .priors import StandardNormal, check_prior
 from .train import make_optimizer, read_run_dir, resolve_device, write_metrics
 
@@ -337,14 +337,7 @@ class M2(nn.Module):
     def check_data(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is ``(batch, *x_shape)``, floating point, finite and in the
         likelihood's support (``{0, 1}`` for the default Bernoulli)."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"x must be a torch.Tensor of shape (batch, {', '.join(map(str, self.x_shape))}), "
-                             f"got {type(x).__name__}")
-        if x.dim() != 1 + len(self.x_shape) or tuple(x.shape[1:]) != self.x_shape:
-            raise ValueError(f"x has shape {tuple(x.shape)}; this model takes (batch, "
-                             f"{', '.join(map(str, self.x_shape))}): reshape it, e.g. x.view(-1, "
-                             f"{', '.join(map(str, self.x_shape))})")
-        self.likelihood.check_support(x)
+        check_data(x, self.x_shape, self.likelihood)
 
     def check_labels(self, y: Any, batch: int | None = None) -> None:
         """:func:`check_labels` with this model's number of classes."""
