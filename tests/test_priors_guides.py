@@ -18,8 +18,8 @@ from torch.distributions import kl_divergence
 from pyrovae import VAE
 from pyrovae.evaluate import log_likelihood
 from pyrovae.guides import GUIDES, IAF, DiagonalNormal, LowRankNormal
-from pyrovae.priors import (PRIORS, FlowPrior, LearnedNormal, MixtureOfGaussians, StandardNormal, VampPrior,
-                            kl_is_analytic, kl_mode)
+from pyrovae.priors import (PRIORS, DiagonalNormalMixture, FlowPrior, LearnedNormal, MixtureOfGaussians,
+                            StandardNormal, VampPrior, kl_is_analytic, kl_mode)
 
 from .conftest import logmeanexp
 
@@ -128,6 +128,46 @@ def test_mixture_log_density_is_the_logsumexp_over_weighted_components():
     by_hand = torch.logsumexp(
         log_w + normal_log_density(z.unsqueeze(-2), prior.locs, prior.scales), dim=-1)
     torch.testing.assert_close(prior().log_prob(z), by_hand)
+
+
+def test_diagonal_normal_mixture_matmul_log_prob_equals_the_broadcast_one_with_its_gradients():
+    """The expanded-square log density (two matrix products) against torch's (N, K, D) broadcast, in
+    float64, with scales down to 0.01 and points near and far from the components."""
+    torch.manual_seed(0)
+    k, d = 40, 6
+    loc = torch.randn(k, d, dtype=torch.float64, requires_grad=True)
+    scale = (0.01 + torch.rand(k, d, dtype=torch.float64)).requires_grad_()
+    logits = torch.randn(k, dtype=torch.float64, requires_grad=True)
+    z = torch.cat([loc.detach()[:5] + 0.01 * torch.randn(5, d, dtype=torch.float64),
+                   4 * torch.randn(6, d, dtype=torch.float64)]).reshape(11, 1, d).expand(11, 3, d)
+    values = []
+    for cls in (DiagonalNormalMixture, dist.MixtureSameFamily):
+        mix = cls(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+        lp = mix.log_prob(z)
+        assert lp.shape == (11, 3)
+        grads = torch.autograd.grad(lp.sum(), (loc, scale, logits))
+        values.append((lp.detach(), grads))
+    torch.testing.assert_close(values[0][0], values[1][0], rtol=1e-10, atol=1e-8)
+    for g_fast, g_ref in zip(values[0][1], values[1][1]):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-8, atol=1e-8)
+
+
+def test_diagonal_normal_mixture_keeps_float32_precision_and_falls_back_for_other_components():
+    torch.manual_seed(1)
+    k, d = 500, 50
+    loc, scale = torch.randn(k, d), 0.02 + 0.5 * torch.rand(k, d)
+    z = loc[:8] + 0.05 * torch.randn(8, d)  # large z^2/sigma^2 terms that cancel
+    fast = DiagonalNormalMixture(dist.Categorical(logits=torch.zeros(k)), dist.Normal(loc, scale).to_event(1))
+    exact = dist.MixtureSameFamily(dist.Categorical(logits=torch.zeros(k, dtype=torch.float64)),
+                                   dist.Normal(loc.double(), scale.double()).to_event(1)).log_prob(z.double())
+    lp = fast.log_prob(z)
+    assert lp.dtype == torch.float32
+    torch.testing.assert_close(lp.double(), exact, rtol=0, atol=1e-3)
+    cov_factor = 0.3 * torch.randn(k, d, 2)
+    low_rank = dist.LowRankMultivariateNormal(loc, cov_factor, scale.square())
+    weights = dist.Categorical(logits=torch.zeros(k))
+    torch.testing.assert_close(DiagonalNormalMixture(weights, low_rank).log_prob(z),
+                               dist.MixtureSameFamily(weights, low_rank).log_prob(z))
 
 
 @pytest.mark.parametrize("guide", sorted(GUIDES))
