@@ -98,7 +98,7 @@ def main() -> None:
         epoch_seconds = statistics.median(row["seconds"] for row in history)
         test = data[2].images[:args.test_size].float()
         per_image_path = run_dir / f"test-loglik-K{args.k}-n{len(test)}.pt"
-        if per_image_path.exists():  # cached by an earlier call; its "seconds" came with it
+        if per_image_path.exists():  # cached by an earlier call; its "seconds" (if recorded) came with it
             out = torch.load(per_image_path)
         else:
             pyro.set_rng_seed(0)
@@ -113,7 +113,7 @@ def main() -> None:
                      "log_likelihood_nats": ll["mean"], "stderr": ll["stderr"],
                      "gain_over_first_nats": paired["mean"], "gain_stderr": paired["stderr"],
                      "elbo_nats": elbo["mean"], "bits_per_dim": bits_per_dim(ll["mean"], binarization),
-                     "epoch_seconds_median": epoch_seconds, "eval_seconds": out["seconds"]})
+                     "epoch_seconds_median": epoch_seconds, "eval_seconds": out.get("seconds")})  # absent in caches older than it
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "config"}), flush=True)
 
     what = ("dynamically binarized MNIST, Bernoulli likelihood" if args.suite == "priors" else

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ll-samples", type=int, default=1000, help="importance samples K for log p(x)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-jit", action="store_true", help="run NUTS without the PyTorch JIT")
+    g.add_argument("--nuts-workers", type=int, default=None,
+                   help="processes for the NUTS chains (default: one per chain up to the CPU cores; 1 on a GPU)")
     g.add_argument("--out", default=None, help="folder for the outputs (default: RUN_DIR)")
     g.add_argument("--data-dir", default=None)
     g.add_argument("--device", default="cpu")
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_samples=args.num_samples, mcmc_images=args.mcmc_images, mcmc_samples=args.mcmc_samples,
                 mcmc_warmup=args.mcmc_warmup, num_chains=args.num_chains, gap_steps=args.gap_steps,
                 gap_lr=args.gap_lr, gap_particles=args.gap_particles, log_likelihood_samples=args.ll_samples,
-                seed=args.seed, jit_compile=not args.no_jit)
+                seed=args.seed, jit_compile=not args.no_jit, nuts_workers=args.nuts_workers)
             print(json.dumps({"out": args.out or args.run_dir, "summary": result["summary"],
                               "files": result["files"]}, indent=2))
         elif args.command == "structured":

@@ -40,6 +40,7 @@ import logging
 import math
 import numbers
 import os
+import pickle
 import tempfile
 import time
 import warnings
@@ -267,22 +268,64 @@ def _init_uniform(site: dict) -> torch.Tensor:
     return torch.rand_like(value) * 4 - 2
 
 
+def _nuts_chain(vae: VAE, x1: torch.Tensor, num_samples: int, warmup: int, seed: int, jit_compile: bool,
+                max_tree_depth: int, progress: bool) -> tuple[torch.Tensor, float, int]:
+    """One NUTS chain on p(z | x1), seeded with ``seed``: ``(z (num_samples, z_dim) on the CPU, adapted
+    step size, divergent transitions after warmup)``. Module level, so that worker processes can run it."""
+    with _frozen(vae), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated",
+                                category=DeprecationWarning)
+        pyro.set_rng_seed(seed)
+        kernel = NUTS(vae.model, jit_compile=jit_compile, ignore_jit_warnings=True,
+                      max_tree_depth=max_tree_depth, max_plate_nesting=1, init_strategy=_init_uniform,
+                      transforms={LATENT_SITE: identity_transform})
+        mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1,
+                    disable_progbar=not progress)
+        mcmc.run(x1)
+        z = mcmc.get_samples()[LATENT_SITE].detach().reshape(num_samples, -1).cpu()
+        divergences = len(mcmc.diagnostics().get("divergences", {}).get("chain 0", []))
+    return z, float(kernel.step_size), divergences
+
+
+def _init_chain_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _default_workers(num_chains: int, device: torch.device) -> int:
+    """One process per chain on the CPU, as many as there are cores; on a GPU the chains share the device
+    in one process."""
+    if device.type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(num_chains, cores))
+
+
 def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: int = 500, num_chains: int = 2,
                    seed: int = 0, jit_compile: bool = True, max_tree_depth: int = 10,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, num_workers: int | None = None) -> dict:
     r"""Samples of the exact posterior p(z | x_i) by NUTS, to hold q(z | x_i) against.
 
     Pyro's NUTS (Hoffman & Gelman 2014) runs on ``vae.model`` for the one image x_i (the model observes
     x through the likelihood site, so the target is p(z) p(x_i | z) with the trained decoder), with step
-    size and a diagonal mass matrix adapted during ``warmup``. Chains run one after another, chain c
-    seeded with ``seed + c`` and started at a uniform draw in [-2, 2]^z_dim (as Pyro's ``init_to_uniform``;
-    overdispersed relative to a VAE posterior), so that R-hat can detect chains that disagree. z is
-    sampled on the real line as it is (every prior of :mod:`pyrovae.priors` is a density on R^z_dim). R-hat
-    (rank-normalized split R-hat) and the bulk and tail effective sample sizes are ArviZ's.
+    size and a diagonal mass matrix adapted during ``warmup``. Chain c is seeded with ``seed + c`` and
+    started at a uniform draw in [-2, 2]^z_dim (as Pyro's ``init_to_uniform``; overdispersed relative to
+    a VAE posterior), so that R-hat can detect chains that disagree. z is sampled on the real line as it
+    is (every prior of :mod:`pyrovae.priors` is a density on R^z_dim). R-hat (rank-normalized split R-hat)
+    and the bulk and tail effective sample sizes are ArviZ's.
+
+    On the CPU the chains run in parallel worker processes (``num_workers``, default one per chain up to
+    the number of cores; started with ``spawn``, each with ``cores // num_workers`` threads), each chain
+    the same computation it is in one process: at equal threads per chain the draws depend on ``seed``
+    and not on the number of workers. (Another thread count changes the rounding of multi-threaded
+    kernels, which NUTS's chaotic trajectories turn into other, equally valid, chains.) Scripts that call this with
+    workers must guard their entry point with ``if __name__ == "__main__":`` (Python's ``spawn`` rule);
+    if the workers cannot start, the chains run in this process with a warning.
 
     Cost: with the defaults, one MNIST image's 50-d posterior under the default 784-512-512-50 decoder
-    takes about 20 s of CPU time per chain on one core (42 s for both chains, measured), about twice
-    that without ``jit_compile``; Pyro's per-step overhead, not the decoder, dominates.
+    takes about 35 gradient evaluations per draw and 40-60 s of CPU time per chain on one core
+    (``benchmarks/diagnose_default.py`` reports the wall time), about twice that without ``jit_compile``;
+    with two cores the two default chains run side by side.
 
     Args:
         vae: a trained model (left unchanged; its parameters are frozen while NUTS runs).
@@ -290,19 +333,22 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
         num_samples: draws kept per chain.
         warmup: adaptation steps per chain (discarded).
         num_chains: at least 2 (R-hat compares chains).
-        seed: chain c uses ``pyro.set_rng_seed(seed + c)`` (this sets the global RNGs).
+        seed: chain c uses ``pyro.set_rng_seed(seed + c)`` (in this process, this sets the global RNGs).
         jit_compile: trace the potential energy with the PyTorch JIT (faster for MLP decoders).
         max_tree_depth: NUTS's maximum tree depth (at most 2^depth leapfrog steps per draw).
-        progress: show Pyro's progress bar.
+        progress: show Pyro's progress bar (only with ``num_workers=1``).
+        num_workers: processes for the chains; 1 runs them one after another in this process. Default:
+            see above (always 1 on a GPU).
 
     Returns:
         dict with ``z`` ``(num_chains, num_samples, z_dim)``; ``mean`` and ``sd`` ``(z_dim,)`` over all
         draws; ``rhat``, ``ess_bulk`` and ``ess_tail`` ``(z_dim,)``; ``divergences`` (total number of
-        divergent transitions after warmup); ``step_size`` (per chain); ``seconds`` (wall time).
+        divergent transitions after warmup); ``step_size`` (per chain); ``seconds`` (wall time);
+        ``num_workers`` (processes used).
 
     Raises:
         ValueError: ``x_i`` is not one image of the model's shape or not in the likelihood's support;
-            ``num_chains < 2``; ``num_samples``, ``warmup`` or ``max_tree_depth`` < 1.
+            ``num_chains < 2``; ``num_samples``, ``warmup``, ``max_tree_depth`` or ``num_workers`` < 1.
 
     References:
         Hoffman & Gelman (2014), *The No-U-Turn Sampler*, JMLR 15.
@@ -315,27 +361,33 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
         got = tuple(x_i.shape) if isinstance(x_i, torch.Tensor) else type(x_i).__name__
         raise ValueError(f"x_i must be one image of shape {vae.x_shape} or (1, "
                          f"{', '.join(map(str, vae.x_shape))}), got {got}; pass x[i], not a batch")
-    x1 = x_i.reshape(1, *vae.x_shape).to(_device(vae))
+    device = _device(vae)
+    workers = (_default_workers(num_chains, device) if num_workers is None
+               else min(_count("num_workers", num_workers), num_chains))
+    x1 = x_i.reshape(1, *vae.x_shape).to(device)
     vae.check_data(x1)
-    chains, step_sizes, divergences = [], [], 0
+    args = [(num_samples, warmup, seed + c, jit_compile, max_tree_depth, progress and workers == 1)
+            for c in range(num_chains)]
     t0 = time.perf_counter()
-    with _frozen(vae), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated",
-                                category=DeprecationWarning)
-        for c in range(num_chains):
-            pyro.set_rng_seed(seed + c)
-            kernel = NUTS(vae.model, jit_compile=jit_compile, ignore_jit_warnings=True,
-                          max_tree_depth=max_tree_depth, max_plate_nesting=1, init_strategy=_init_uniform,
-                          transforms={LATENT_SITE: identity_transform})
-            mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup, num_chains=1,
-                        disable_progbar=not progress)
-            mcmc.run(x1)
-            chains.append(mcmc.get_samples()[LATENT_SITE].detach().reshape(num_samples, -1).cpu())
-            step_sizes.append(float(kernel.step_size))
-            divergences += len(mcmc.diagnostics().get("divergences", {}).get("chain 0", []))
+    results = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
+
+        threads = max(1, torch.get_num_threads() // workers)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_chain_worker, initargs=(threads,)) as pool:
+                results = list(pool.map(_nuts_chain, *zip(*[(vae, x1, *a) for a in args])))
+        except (BrokenProcessPool, pickle.PicklingError, AttributeError, TypeError, OSError) as e:
+            warnings.warn(f"NUTS worker processes failed ({type(e).__name__}: {e}); running the "
+                          f"{num_chains} chains one after another in this process", RuntimeWarning)
+            workers = 1
+    if results is None:
+        results = [_nuts_chain(vae, x1, *a) for a in args]
     seconds = time.perf_counter() - t0
-    z = torch.stack(chains)
+    z = torch.stack([r[0] for r in results])
     ref = az.convert_to_dataset({"z": z.double().numpy()}, coords={"z_dim": np.arange(z.shape[-1])},
                                 dims={"z": ["z_dim"]})
     flat = z.reshape(-1, z.shape[-1])
@@ -344,7 +396,8 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
         "rhat": torch.as_tensor(az.rhat(ref)["z"].values),
         "ess_bulk": torch.as_tensor(az.ess(ref, method="bulk")["z"].values),
         "ess_tail": torch.as_tensor(az.ess(ref, method="tail")["z"].values),
-        "divergences": divergences, "step_size": step_sizes, "seconds": seconds,
+        "divergences": sum(r[2] for r in results), "step_size": [r[1] for r in results],
+        "seconds": seconds, "num_workers": workers,
     }
 
 
@@ -693,7 +746,7 @@ def _summary(values: torch.Tensor) -> dict:
 def _mcmc_row(image: int, ref: dict, samples: dict, psis: dict, j: int) -> dict:
     """How q(z|x) of image ``image`` (column ``j`` of ``samples``) compares with its NUTS reference."""
     q_mean, q_sd = samples["z"][:, j].mean(0).double(), samples["z"][:, j].std(0).double()
-    return {"image": image, "seconds": ref["seconds"], "max_rhat": ref["rhat"].max().item(),
+    return {"image": image, "seconds": ref["seconds"], "num_workers": ref["num_workers"], "max_rhat": ref["rhat"].max().item(),
             "min_ess_bulk": ref["ess_bulk"].min().item(), "min_ess_tail": ref["ess_tail"].min().item(),
             "divergences": ref["divergences"], "step_size": ref["step_size"], "khat": psis["khat"][j].item(),
             "max_abs_mean_difference_in_nuts_sd": ((q_mean - ref["mean"]) .abs() / ref["sd"]).max().item(),
@@ -740,7 +793,8 @@ def diagnose(vae: VAE, test_x: torch.Tensor, run_dir: str | os.PathLike, num_ima
              num_samples: int = 1000, mcmc_images: int = 2, mcmc_samples: int = 500, mcmc_warmup: int = 500,
              num_chains: int = 2, gap_steps: int = 300, gap_lr: float = 0.02, gap_particles: int = 8,
              log_likelihood_samples: int = 1000, pair_dims: int = 4, traversal_dims: int = 10,
-             image_ids: Sequence[int] | None = None, seed: int = 0, jit_compile: bool = True) -> dict:
+             image_ids: Sequence[int] | None = None, seed: int = 0, jit_compile: bool = True,
+             nuts_workers: int | None = None) -> dict:
     r"""Every diagnostic of this module for a trained VAE, written to ``run_dir`` with a one-page report.
 
     For the first ``num_images`` test images (or those in ``image_ids``): ``num_samples`` draws of q(z|x),
@@ -768,6 +822,8 @@ def diagnose(vae: VAE, test_x: torch.Tensor, run_dir: str | os.PathLike, num_ima
         image_ids: indices into ``test_x`` to diagnose instead of the first ``num_images``.
         seed: seeds every random step.
         jit_compile: JIT-compile NUTS's potential energy.
+        nuts_workers: processes for the NUTS chains (see :func:`mcmc_reference`; default one per chain
+            up to the number of cores on the CPU, 1 on a GPU).
 
     Returns:
         the content of ``diagnostics.json``: ``summary`` (the headline numbers), ``images``, ``psis``,
@@ -827,7 +883,7 @@ def diagnose(vae: VAE, test_x: torch.Tensor, run_dir: str | os.PathLike, num_ima
     t0 = time.perf_counter()
     for i in image_ids[:mcmc_images]:
         reference[i] = mcmc_reference(vae, test_x[i], mcmc_samples, mcmc_warmup, num_chains, seed=seed,
-                                      jit_compile=jit_compile)
+                                      jit_compile=jit_compile, num_workers=nuts_workers)
     if reference:
         seconds["mcmc"] = time.perf_counter() - t0
 
@@ -874,7 +930,8 @@ def diagnose(vae: VAE, test_x: torch.Tensor, run_dir: str | os.PathLike, num_ima
         "settings": {"num_samples": num_samples, "mcmc_images": mcmc_images, "mcmc_samples": mcmc_samples,
                      "mcmc_warmup": mcmc_warmup, "num_chains": num_chains, "gap_steps": gap_steps, "gap_lr": gap_lr,
                      "gap_particles": gap_particles, "log_likelihood_samples": log_likelihood_samples,
-                     "seed": seed, "jit_compile": jit_compile, "pair_dims": pair_dims},
+                     "seed": seed, "jit_compile": jit_compile, "pair_dims": pair_dims,
+                     "nuts_workers": nuts_workers},
         "seconds": seconds, "files": files,
     }
     result = _jsonable(result)

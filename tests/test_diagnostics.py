@@ -33,8 +33,9 @@ def exact_posterior(z_dim=3, **kw):
 @pytest.fixture(scope="module")
 def nuts_run():
     vae, x, _, loc, sd = exact_posterior(z_dim=2)
+    # two worker processes (the CPU default on two cores), so the parallel path is the one tested
     return vae, x, loc, sd, mcmc_reference(vae, x[0], num_samples=200, warmup=200, num_chains=2, seed=1,
-                                           jit_compile=True)
+                                           jit_compile=True, num_workers=2)
 
 
 # --- PSIS k-hat -------------------------------------------------------------------------------------------
@@ -102,12 +103,25 @@ def test_nuts_matches_the_exact_posterior_mean_and_sd_within_mcmc_error(nuts_run
     assert ref["seconds"] > 0 and ref["divergences"] == 0
 
 
+def test_nuts_chains_in_worker_processes_are_the_chains_of_one_process(nuts_run):
+    vae, x, _, _, parallel = nuts_run
+    assert parallel["num_workers"] == 2
+    sequential = mcmc_reference(vae, x[0], num_samples=200, warmup=200, num_chains=2, seed=1, jit_compile=True,
+                                num_workers=1)
+    assert sequential["num_workers"] == 1
+    torch.testing.assert_close(parallel["z"], sequential["z"], rtol=1e-5, atol=1e-5)
+    assert parallel["step_size"] == pytest.approx(sequential["step_size"], rel=1e-5)
+    assert not torch.equal(parallel["z"][0], parallel["z"][1]), "the chains must have their own seeds"
+
+
 def test_mcmc_reference_refuses_one_chain_and_a_batch():
     vae, x, _ = ppca(z_dim=2)
     with pytest.raises(ValueError, match="num_chains"):
         mcmc_reference(vae, x[0], num_chains=1)
     with pytest.raises(ValueError, match="one image"):
         mcmc_reference(vae, x[:2])
+    with pytest.raises(ValueError, match="num_workers"):
+        mcmc_reference(vae, x[0], num_workers=0)
 
 
 # --- gaps ---------------------------------------------------------------------------------------------------
