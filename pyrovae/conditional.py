@@ -50,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .evaluate import log_importance_weights, summarize
+from .evaluate import eval_mode, importance_sampled, log_importance_weights, summarize
 from .guides import DiagonalNormal
 from .likelihoods import Bernoulli
 from .models import _scaled, data_plate
@@ -388,68 +388,53 @@ class LabeledView:
 
 @torch.no_grad()
 def log_likelihood_given_labels(cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int = 5000,
-                                max_chunk: int = 65536, device: torch.device | str | None = None,
-                                progress: bool | None = None) -> dict:
+                                max_chunk: int | None = None, device: torch.device | str | None = None,
+                                progress: bool | None = None, max_memory_gb: float = 4.0) -> dict:
     """Importance-sampled log p(x | y) and the ELBO for every image of ``x`` with its label, in nats.
 
     L_K(x, y) = log (1/K) sum_k p(x, z_k | y) / q(z_k | x, y),  z_k ~ q(z | x, y)  (Burda, Grosse &
     Salakhutdinov 2016), a stochastic lower bound on log p(x | y) that does not decrease in expectation
     with K; the ELBO is the mean log weight of the same draws. The weights come from Pyro traces of
     ``cvae.guide`` and ``cvae.model`` (:func:`pyrovae.evaluate.log_importance_weights` on
-    :meth:`CVAE.with_labels`), chunked as :func:`pyrovae.evaluate.log_likelihood` does: at most
-    ``max_chunk`` (sample, image) pairs per pass, the log-sum-exp accumulated exactly across chunks.
+    :meth:`CVAE.with_labels`), in the chunks of :func:`pyrovae.evaluate.importance_sampled`, sized by
+    the same measured memory model as :func:`pyrovae.evaluate.log_likelihood`: under ``max_memory_gb``
+    per pass, or at most ``max_chunk`` (sample, image) pairs when that is given.
 
     Args:
         cvae: the model (its parameters are not changed).
         x: ``(num_images, *x_shape)`` data in the likelihood's support.
         y: ``(num_images,)`` integer labels.
         num_samples: K, importance samples per image.
-        max_chunk: the largest number of (sample, image) pairs evaluated in one pass.
+        max_chunk: the largest number of (sample, image) pairs per pass; overrides ``max_memory_gb``.
         device: where to compute (default: where the model is).
         progress: show a progress bar (default: when stderr is a terminal).
+        max_memory_gb: memory cap for one pass, in GB (10^9 bytes; default 4).
 
     Returns:
-        dict with ``log_likelihood`` and ``elbo``: ``(num_images,)`` tensors in nats per image, on the CPU.
+        dict with ``log_likelihood`` and ``elbo``: ``(num_images,)`` tensors in nats per image, on the CPU;
+        ``plan``, the chunking (:meth:`pyrovae.evaluate.ChunkPlan.as_dict`).
 
     Raises:
         ValueError: bad ``x`` (shape, dtype, NaN, support) or ``y`` (see :meth:`CVAE.check_labels`);
-            ``num_samples < 1``.
+            ``num_samples``, ``max_chunk`` or ``max_memory_gb`` not positive.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be at least 1")
     cvae.check_data(x)
     cvae.check_labels(y, x)
-    device = device if device is not None else next(cvae.parameters()).device
-    was_training = cvae.training
-    cvae.eval()
-    n = x.shape[0]
-    samples_per_pass = min(num_samples, max_chunk)
-    images_per_pass = max(1, max_chunk // samples_per_pass)
-    ll, elbo = torch.empty(n), torch.empty(n)
-    bar = tqdm(total=n, desc=f"log p(x|y), K={num_samples}", leave=False,
-               disable=None if progress is None else not progress)
-    try:
-        for start in range(0, n, images_per_pass):
-            xb = x[start:start + images_per_pass].to(device)
-            view = cvae.with_labels(y[start:start + images_per_pass].to(device))
-            lse = torch.full((xb.shape[0],), -math.inf, device=device)
-            mean = torch.zeros(xb.shape[0], device=device)
-            for done in range(0, num_samples, samples_per_pass):
-                log_w = log_importance_weights(view, xb, min(samples_per_pass, num_samples - done))
-                lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
-                mean += log_w.sum(0)
-            ll[start:start + xb.shape[0]] = (lse - math.log(num_samples)).cpu()
-            elbo[start:start + xb.shape[0]] = (mean / num_samples).cpu()
-            bar.update(xb.shape[0])
-    finally:
-        bar.close()
-        cvae.train(was_training)
-    return {"log_likelihood": ll, "elbo": elbo}
+    device = torch.device(device) if device is not None else next(cvae.parameters()).device
+
+    def log_weight_pass(chunk, s):
+        xb, yb = chunk
+        return (log_importance_weights(cvae.with_labels(yb), xb, s),)
+
+    with eval_mode(cvae), torch.no_grad():
+        out = importance_sampled(log_weight_pass, (x, y), num_samples, device, max_memory_gb, max_chunk,
+                                 "log p(x|y)", progress)
+    return {"log_likelihood": out["log_likelihood"], "elbo": out["means"][0], "plan": out["plan"].as_dict()}
 
 
 def evaluate_given_labels(cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int = 5000,
-                          max_chunk: int = 65536, device: torch.device | str | None = None,
-                          progress: bool | None = None) -> dict:
+                          max_chunk: int | None = None, device: torch.device | str | None = None,
+                          progress: bool | None = None, max_memory_gb: float = 4.0) -> dict:
     """Test metrics of ``cvae`` on images ``x`` with their labels ``y``: what ``pyrovae train
     --conditional`` and ``pyrovae evaluate`` write to ``metrics.json`` for a conditional run.
 
@@ -461,11 +446,13 @@ def evaluate_given_labels(cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samp
         log p(x | y) = log p(x) + log p(y | x) - log p(y), up to log 10 = 2.30 nats more with 10
         equally likely labels.
 
+    Args: as :func:`log_likelihood_given_labels`.
+
     Raises:
         ValueError: see :func:`log_likelihood_given_labels`.
     """
     t0 = time.perf_counter()
-    out = log_likelihood_given_labels(cvae, x, y, num_samples, max_chunk, device, progress)
+    out = log_likelihood_given_labels(cvae, x, y, num_samples, max_chunk, device, progress, max_memory_gb)
     ll, elbo = summarize(out["log_likelihood"]), summarize(out["elbo"])
     dims = math.prod(x.shape[1:])
     return {

@@ -25,11 +25,13 @@ the posterior means).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
 import weakref
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import pyro
@@ -48,6 +50,17 @@ from .objectives import kl_per_dim, log_weights_from_traces, particle_traces
 #: Share of the memory cap that the plan fills: room for kernels' internal scratch buffers, which the
 #: CPU measurement cannot see.
 HEADROOM = 0.9
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Hold ``module`` in eval mode for the duration, then restore its training flag."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 # --- the log weights ------------------------------------------------------------------------------
@@ -158,23 +171,60 @@ class _TensorMemoryMeter(TorchFunctionMode):
         return out
 
 
-def _pass_peak_bytes(vae: VAE, x: torch.Tensor, num_samples: int) -> int:
-    """Peak bytes that one pass of :func:`_log_weight_terms` allocates on top of what exists."""
-    device = x.device
+#: A log-weight pass: ``fn(tensors, num_samples)`` takes one chunk of the per-image tensors (``x``, and for
+#: conditional models the labels or the conditioning input), each ``(batch, ...)`` on the device, and
+#: returns ``(log_w, *terms)``, each ``(num_samples, batch)`` in nats: the log importance weights of
+#: ``num_samples`` fresh draws per image and any other per-draw terms whose mean over draws is wanted.
+LogWeightPass = Callable[[tuple, int], tuple]
+
+
+def _vae_pass(vae: VAE) -> LogWeightPass:
+    """The log-weight pass of an unconditional VAE: ``(log_w, log p(x | z))``."""
+    return lambda tensors, num_samples: _log_weight_terms(vae, tensors[0], num_samples)
+
+
+def _peak_bytes(log_weight_pass: LogWeightPass, tensors: tuple, num_samples: int) -> int:
+    """Peak bytes that one ``log_weight_pass`` allocates on top of what exists."""
+    device = tensors[0].device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        out = _log_weight_terms(vae, x, num_samples)
+        out = log_weight_pass(tensors, num_samples)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
         del out
         return peak
     meter = _TensorMemoryMeter()
     with meter:
-        out = _log_weight_terms(vae, x, num_samples)
+        out = log_weight_pass(tensors, num_samples)
     del out
     return meter.peak
+
+
+def _pass_peak_bytes(vae: VAE, x: torch.Tensor, num_samples: int) -> int:
+    """Peak bytes that one pass of :func:`_log_weight_terms` allocates on top of what exists."""
+    return _peak_bytes(_vae_pass(vae), (x,), num_samples)
+
+
+@torch.no_grad()
+def _measure(log_weight_pass: LogWeightPass, tensors: tuple, device: torch.device) -> dict:
+    """:func:`measure_pass_memory` for any log-weight pass over ``tensors`` (each ``(n, ...)``)."""
+    index = torch.arange(32) % tensors[0].shape[0]
+    small, large = tuple(t[index[:16]].to(device) for t in tensors), tuple(t[index].to(device) for t in tensors)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        log_weight_pass(tuple(t[:1] for t in small), 1)  # warm-up: lazy initialization is not a per-pair cost
+        p1 = _peak_bytes(log_weight_pass, small, 1)
+        p2 = _peak_bytes(log_weight_pass, small, 8)
+        p3 = _peak_bytes(log_weight_pass, large, 1)
+    per_pair = (p2 - p1) / (16 * 7)
+    if per_pair <= 0:  # allocator rounding can hide a tiny per-pair cost; fall back to the average
+        per_pair = max(p2 / (16 * 8), 1.0)
+    per_image = max((p3 - p1) / 16 - per_pair, 0.0)
+    fixed = max(p1 - 16 * (per_image + per_pair), 0.0)
+    method = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "live tensor bytes (TorchFunctionMode)"
+    return {"fixed_bytes": float(fixed), "bytes_per_image": float(per_image), "bytes_per_pair": float(per_pair),
+            "method": method}
 
 
 @torch.no_grad()
@@ -189,7 +239,7 @@ def measure_pass_memory(vae: VAE, x: torch.Tensor, device: torch.device | str | 
     (repeated if there are fewer than 32). ``fixed`` holds what does not grow with the pass (e.g. a
     VampPrior encoding its pseudo-inputs), ``bytes_per_image`` the encoder's activations and
     ``bytes_per_pair`` everything evaluated per (sample, image) pair: the decoder's activations, the
-    likelihood's log-densities, and a VampPrior's (pair, components, z_dim) temporaries.
+    likelihood's log-densities, and a prior's per-pair temporaries.
 
     On CUDA the peaks are read from ``torch.cuda.max_memory_allocated``; elsewhere they are the peak
     bytes of tensors alive at once, counted by a ``TorchFunctionMode`` over every torch function of
@@ -205,21 +255,7 @@ def measure_pass_memory(vae: VAE, x: torch.Tensor, device: torch.device | str | 
         dict with ``fixed_bytes``, ``bytes_per_image``, ``bytes_per_pair`` (floats) and ``method``.
     """
     device = torch.device(device) if device is not None else next(vae.parameters()).device
-    index = torch.arange(32) % x.shape[0]
-    small, large = x[index[:16]].to(device), x[index].to(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        _log_weight_terms(vae, small[:1], 1)  # warm-up: lazy initialization is not a per-pair cost
-        p1 = _pass_peak_bytes(vae, small, 1)
-        p2 = _pass_peak_bytes(vae, small, 8)
-        p3 = _pass_peak_bytes(vae, large, 1)
-    per_pair = (p2 - p1) / (16 * 7)
-    if per_pair <= 0:  # allocator rounding can hide a tiny per-pair cost; fall back to the average
-        per_pair = max(p2 / (16 * 8), 1.0)
-    per_image = max((p3 - p1) / 16 - per_pair, 0.0)
-    fixed = max(p1 - 16 * (per_image + per_pair), 0.0)
-    method = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "live tensor bytes (TorchFunctionMode)"
-    return {"fixed_bytes": float(fixed), "bytes_per_image": float(per_image), "bytes_per_pair": float(per_pair),
-            "method": method}
+    return _measure(_vae_pass(vae), (x,), device)
 
 
 @dataclass(frozen=True)
@@ -299,16 +335,23 @@ def plan_chunks(vae: VAE, x: torch.Tensor, num_samples: int, max_memory_gb: floa
         ValueError: a non-positive ``num_samples``, ``max_chunk`` or ``max_memory_gb``; an empty ``x``; a
             cap too small for one (sample, image) pair.
     """
+    device = torch.device(device) if device is not None else next(vae.parameters()).device
+    return _plan(_vae_pass(vae), (x,), num_samples, max_memory_gb, max_chunk, device)
+
+
+def _plan(log_weight_pass: LogWeightPass, tensors: tuple, num_samples: int, max_memory_gb: float,
+          max_chunk: int | None, device: torch.device) -> ChunkPlan:
+    """:func:`plan_chunks` for any log-weight pass over ``tensors`` (each ``(n, ...)``)."""
     num_samples = _check_positive_int(num_samples, "num_samples")
-    n = int(x.shape[0])
+    n = int(tensors[0].shape[0])
     if n < 1:
-        raise ValueError(f"x holds no images (shape {tuple(x.shape)}); pass at least one")
+        raise ValueError(f"x holds no images (shape {tuple(tensors[0].shape)}); pass at least one")
     if max_chunk is not None:
         max_chunk = _check_positive_int(max_chunk, "max_chunk")
         samples = min(num_samples, max_chunk)
         return ChunkPlan(samples, max(1, min(n, max_chunk // samples)), "max_chunk")
     cap = _check_memory_gb(max_memory_gb)
-    cost = measure_pass_memory(vae, x, device)
+    cost = _measure(log_weight_pass, tensors, device)
     budget = HEADROOM * cap * 1e9
     fixed, per_image, per_pair = cost["fixed_bytes"], cost["bytes_per_image"], cost["bytes_per_pair"]
     samples = min(num_samples, math.floor((budget - fixed - per_image) / per_pair))
@@ -325,6 +368,70 @@ def plan_chunks(vae: VAE, x: torch.Tensor, num_samples: int, max_memory_gb: floa
 
 
 # --- the log-likelihood, the ELBO and its parts ---------------------------------------------------
+
+
+@torch.no_grad()
+def importance_sampled(log_weight_pass: LogWeightPass, tensors: tuple, num_samples: int,
+                       device: torch.device | str, max_memory_gb: float = 4.0, max_chunk: int | None = None,
+                       desc: str = "log p(x)", progress: bool | None = None) -> dict:
+    """The chunked importance-sampling loop behind every log-likelihood estimate of pyrovae.
+
+    For each image, ``num_samples`` = K log weights are drawn in passes of ``plan.samples_per_pass``
+    draws over ``plan.images_per_pass`` images, and
+
+        log_likelihood = log (1/K) sum_k exp(log_w_k)   (accumulated exactly with logaddexp),
+        means[j]       = (1/K) sum_k term_j,k            (log_w first: the ELBO of the same draws),
+
+    so the result depends on the chunking only through the order of the random draws. The pass shape
+    comes from the measured memory model of :func:`plan_chunks` (under ``max_memory_gb``, or at most
+    ``max_chunk`` pairs when that is given). Used by :func:`log_likelihood`,
+    :func:`pyrovae.conditional.log_likelihood_given_labels` and
+    :func:`pyrovae.structured.conditional_log_likelihood`.
+
+    Args:
+        log_weight_pass: see :data:`LogWeightPass`.
+        tensors: the per-image tensors, each ``(n, ...)``; chunks of them go to the device once.
+        num_samples: K.
+        device: where the passes run.
+        max_memory_gb, max_chunk: the memory cap of one pass in GB, or the pairs per pass (overrides).
+        desc, progress: the progress bar's label, and whether to show it (default: when stderr is a
+            terminal).
+
+    Returns:
+        dict with ``log_likelihood`` ``(n,)`` and ``means``, a list of ``(n,)`` (one per term the pass
+        returns), in nats, on the CPU; and ``plan``, the :class:`ChunkPlan` used.
+
+    Raises:
+        ValueError: ``num_samples``, ``max_chunk`` or ``max_memory_gb`` not positive; no images; a cap
+            too small for one (sample, image) pair.
+    """
+    device = torch.device(device)
+    plan = _plan(log_weight_pass, tensors, num_samples, max_memory_gb, max_chunk, device)
+    n = int(tensors[0].shape[0])
+    log_likelihood, means = torch.empty(n), None
+    bar = tqdm(total=n, desc=f"{desc}, K={num_samples}", leave=False,
+               disable=None if progress is None else not progress)
+    try:
+        for start in range(0, n, plan.images_per_pass):
+            chunk = tuple(t[start:start + plan.images_per_pass].to(device) for t in tensors)
+            batch = chunk[0].shape[0]
+            lse, sums = torch.full((batch,), -math.inf, device=device), None
+            for done in range(0, num_samples, plan.samples_per_pass):
+                terms = log_weight_pass(chunk, min(plan.samples_per_pass, num_samples - done))
+                lse = torch.logaddexp(lse, torch.logsumexp(terms[0], dim=0))
+                sums = [t.sum(0) for t in terms] if sums is None else [a + t.sum(0) for a, t in zip(sums, terms)]
+                del terms
+            if means is None:
+                means = [torch.empty(n) for _ in sums]
+            rows = slice(start, start + batch)
+            log_likelihood[rows] = (lse - math.log(num_samples)).cpu()
+            for mean, total in zip(means, sums):
+                mean[rows] = (total / num_samples).cpu()
+            bar.update(batch)
+    finally:
+        bar.close()
+    return {"log_likelihood": log_likelihood, "means": means, "plan": plan}
+
 
 
 @torch.no_grad()
@@ -380,39 +487,22 @@ def log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk
     num_samples = _check_positive_int(num_samples, "num_samples")
     vae.check_data(x)
     device = torch.device(device) if device is not None else next(vae.parameters()).device
-    was_training = vae.training
-    vae.eval()
-    try:
-        plan = plan_chunks(vae, x, num_samples, max_memory_gb, max_chunk, device)
-        n = x.shape[0]
-        out = {name: torch.empty(n) for name in ("log_likelihood", "elbo", "reconstruction", "kl")}
-        kl_method = "analytic"
-        bar = tqdm(total=n, desc=f"log p(x), K={num_samples}", leave=False,
-                   disable=None if progress is None else not progress)
-        for start in range(0, n, plan.images_per_pass):
-            xb = x[start:start + plan.images_per_pass].to(device)
-            lse = torch.full((xb.shape[0],), -math.inf, device=device)
-            sum_log_w = torch.zeros(xb.shape[0], device=device)
-            sum_log_px_z = torch.zeros(xb.shape[0], device=device)
-            for done in range(0, num_samples, plan.samples_per_pass):
-                log_w, log_px_z = _log_weight_terms(vae, xb, min(plan.samples_per_pass, num_samples - done))
-                lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
-                sum_log_w += log_w.sum(0)
-                sum_log_px_z += log_px_z.sum(0)
-                del log_w, log_px_z
-            elbo, reconstruction = sum_log_w / num_samples, sum_log_px_z / num_samples
-            kl = _analytic_kl(vae, xb) if kl_method == "analytic" else None
-            if kl is None:  # no closed form: the same draws' estimate, reconstruction - ELBO
-                kl_method, kl = "monte_carlo", reconstruction - elbo
-            rows = slice(start, start + xb.shape[0])
-            out["log_likelihood"][rows] = (lse - math.log(num_samples)).cpu()
-            out["elbo"][rows], out["reconstruction"][rows], out["kl"][rows] = elbo.cpu(), reconstruction.cpu(), kl.cpu()
-            bar.update(xb.shape[0])
-        bar.close()
-    finally:
-        vae.train(was_training)
-    if kl_method == "monte_carlo":  # the first chunks may have had a closed form that later ones lack
-        out["kl"] = out["reconstruction"] - out["elbo"]
+    with eval_mode(vae):
+        sampled = importance_sampled(_vae_pass(vae), (x,), num_samples, device, max_memory_gb, max_chunk,
+                                     "log p(x)", progress)
+        plan = sampled["plan"]
+        elbo, reconstruction = sampled["means"]
+        out = {"log_likelihood": sampled["log_likelihood"], "elbo": elbo, "reconstruction": reconstruction}
+        kl_method, kl = "analytic", []
+        for start in range(0, x.shape[0], plan.images_per_pass):  # one guide pass per chunk: cheap
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # draws left alone
+                chunk_kl = _analytic_kl(vae, x[start:start + plan.images_per_pass].to(device))
+            if chunk_kl is None:
+                kl_method = "monte_carlo"
+                break
+            kl.append(chunk_kl.cpu())
+    # no closed form: the same draws' estimate, reconstruction - ELBO
+    out["kl"] = torch.cat(kl) if kl_method == "analytic" else reconstruction - elbo
     return {**out, "kl_method": kl_method, "chunk": plan.pairs, "plan": plan.as_dict(),
             "seconds": time.perf_counter() - t0, "processes": 1}
 

@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
 from .config import Device, SavedConfig
 from .data import ImageDataset, load_mnist
+from .evaluate import eval_mode, importance_sampled
 from .models import data_plate
 from .nets import _mlp
 from .objectives import make_elbo
@@ -439,14 +440,16 @@ def log_importance_weights(cvae: StructuredCVAE, x: torch.Tensor, y: torch.Tenso
 
 @torch.no_grad()
 def conditional_log_likelihood(cvae: StructuredCVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int = 1000,
-                               proposal: str = "recognition", max_chunk: int = 32768,
-                               progress: bool | None = None) -> dict:
+                               proposal: str = "recognition", max_chunk: int | None = None,
+                               progress: bool | None = None, max_memory_gb: float = 4.0) -> dict:
     """Importance-sampled log p(y | x) and the ELBO for every image, in nats over the hidden pixels.
 
     log p(y | x) ~= log (1/K) sum_k w_k with w_k = p(y | x, z_k) p(z_k | x) / q(z_k | x, y),
     z_k ~ q(z | x, y) (Sohn et al. 2015); the ELBO is the mean of log w_k over the same draws,
-    so the estimate is never below it. At most ``max_chunk`` (sample, image) pairs pass through the
-    networks at once; the log-sum-exp over samples is accumulated exactly across chunks.
+    so the estimate is never below it. The draws run in the chunks of
+    :func:`pyrovae.evaluate.importance_sampled`, sized by the measured memory model of
+    :func:`pyrovae.evaluate.plan_chunks`: under ``max_memory_gb`` per pass, or at most ``max_chunk``
+    (sample, image) pairs when that is given.
 
     Args:
         cvae: the model (left unchanged).
@@ -454,43 +457,30 @@ def conditional_log_likelihood(cvae: StructuredCVAE, x: torch.Tensor, y: torch.T
         num_samples: K.
         proposal: ``"recognition"`` (the estimate above) or ``"prior"`` (z_k ~ p(z | x), w_k =
             p(y | x, z_k): the naive Monte Carlo estimate, much noisier for the same K).
-        max_chunk: the largest number of (sample, image) pairs per pass; bounds memory.
+        max_chunk: the largest number of (sample, image) pairs per pass; overrides ``max_memory_gb``.
         progress: show a progress bar (default: when stderr is a terminal).
+        max_memory_gb: memory cap for one pass, in GB (10^9 bytes; default 4).
 
     Returns:
-        dict with ``log_likelihood`` and ``elbo``, ``(num_images,)`` tensors in nats per image, on the CPU.
+        dict with ``log_likelihood`` and ``elbo``, ``(num_images,)`` tensors in nats per image, on the CPU;
+        ``plan``, the chunking (:meth:`pyrovae.evaluate.ChunkPlan.as_dict`).
 
     Raises:
-        ValueError: bad ``x``/``y``, ``num_samples < 1`` or an unknown ``proposal``.
+        ValueError: bad ``x``/``y``, an unknown ``proposal``; ``num_samples``, ``max_chunk`` or
+            ``max_memory_gb`` not positive.
     """
     if proposal not in PROPOSALS:
         raise ValueError(f"proposal={proposal!r} is unknown; choose one of {', '.join(PROPOSALS)}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} must be at least 1")
     check_pair(x, y)
     device = next(cvae.parameters()).device
-    was_training = cvae.training
-    cvae.eval()
-    n = x.shape[0]
-    per_pass = min(num_samples, max_chunk)
-    images_per_pass = max(1, max_chunk // per_pass)
-    ll, elbo = torch.empty(n), torch.empty(n)
-    bar = tqdm(total=n, desc=f"log p(y|x), K={num_samples}", leave=False,
-               disable=None if progress is None else not progress)
-    for start in range(0, n, images_per_pass):
-        xb, yb = x[start:start + images_per_pass].to(device), y[start:start + images_per_pass].to(device)
-        lse = torch.full((xb.shape[0],), -math.inf, device=device)
-        total = torch.zeros(xb.shape[0], device=device)
-        for done in range(0, num_samples, per_pass):
-            log_w = log_importance_weights(cvae, xb, yb, min(per_pass, num_samples - done), proposal)
-            lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
-            total += log_w.sum(0)
-        ll[start:start + xb.shape[0]] = (lse - math.log(num_samples)).cpu()
-        elbo[start:start + xb.shape[0]] = (total / num_samples).cpu()
-        bar.update(xb.shape[0])
-    bar.close()
-    cvae.train(was_training)
-    return {"log_likelihood": ll, "elbo": elbo}
+
+    def log_weight_pass(chunk, s):
+        return (log_importance_weights(cvae, *chunk, s, proposal),)
+
+    with eval_mode(cvae), torch.no_grad():
+        out = importance_sampled(log_weight_pass, (x, y), num_samples, device, max_memory_gb, max_chunk,
+                                 "log p(y|x)", progress)
+    return {"log_likelihood": out["log_likelihood"], "elbo": out["means"][0], "plan": out["plan"].as_dict()}
 
 
 def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
@@ -500,7 +490,8 @@ def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def evaluate_structured(baseline: BaselineNet, cvae: StructuredCVAE, images: torch.Tensor, visible: int,
-                        num_samples: int = 1000, max_chunk: int = 32768, progress: bool | None = None) -> dict:
+                        num_samples: int = 1000, max_chunk: int | None = None, progress: bool | None = None,
+                        max_memory_gb: float = 4.0) -> dict:
     """Test metrics of the quadrant-completion task: negative conditional log-likelihoods in nats per
     image, counted over the hidden pixels only.
 
@@ -510,7 +501,7 @@ def evaluate_structured(baseline: BaselineNet, cvae: StructuredCVAE, images: tor
         images: ``(n, 1, 28, 28)`` binarized test images.
         visible: 1, 2 or 3 visible quadrants.
         num_samples: K.
-        max_chunk, progress: see :func:`conditional_log_likelihood`.
+        max_chunk, progress, max_memory_gb: see :func:`conditional_log_likelihood`.
 
     Returns:
         dict with ``baseline_neg_cll_nats``, ``cvae_neg_cll_nats`` (-log p(y|x), importance-sampled),
@@ -526,7 +517,8 @@ def evaluate_structured(baseline: BaselineNet, cvae: StructuredCVAE, images: tor
     device = next(baseline.parameters()).device
     baseline_nll = torch.cat([_baseline_nll(baseline, x[i:i + 1000].to(device), y[i:i + 1000].to(device)).cpu()
                               for i in range(0, x.shape[0], 1000)])
-    cvae_out = conditional_log_likelihood(cvae, x, y, num_samples, max_chunk=max_chunk, progress=progress)
+    cvae_out = conditional_log_likelihood(cvae, x, y, num_samples, max_chunk=max_chunk, progress=progress,
+                                          max_memory_gb=max_memory_gb)
     cvae_nll, cvae_neg_elbo = -cvae_out["log_likelihood"], -cvae_out["elbo"]
     metrics = {"visible": visible, "hidden_pixels": int((x[0] == MASK_VALUE).sum())}
     for name, values in (("baseline_neg_cll", baseline_nll), ("cvae_neg_cll", cvae_nll),

@@ -78,6 +78,14 @@ def test_exact_guide_gives_the_exact_log_likelihood_given_labels():
     torch.testing.assert_close(out["elbo"], exact, atol=1e-4, rtol=1e-5)
 
 
+def test_the_memory_cap_chunks_the_labelled_estimate_without_changing_it():
+    cvae, x, y, exact = linear_cvae()
+    out = log_likelihood_given_labels(cvae, x, y, num_samples=50, max_memory_gb=2e-5, progress=False)
+    assert out["plan"]["source"] == "max_memory_gb"
+    assert out["plan"]["images_per_pass"] < x.shape[0] or out["plan"]["samples_per_pass"] < 50
+    torch.testing.assert_close(out["log_likelihood"], exact, atol=1e-4, rtol=1e-5)
+
+
 def test_log_likelihood_given_the_wrong_labels_is_lower():
     cvae, x, y, exact = linear_cvae()
     wrong = (y + 1) % cvae.num_classes

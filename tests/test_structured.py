@@ -195,6 +195,20 @@ def test_importance_sampled_cll_is_at_least_the_elbo_from_the_same_draws():
     assert (out["log_likelihood"] > out["elbo"]).float().mean() > 0.9
 
 
+def test_a_small_memory_cap_splits_the_cll_into_passes_with_the_same_estimate():
+    cvae = tiny_cvae(z_strength=5.0)
+    x, y = split_quadrants(binary_images(32), 2)
+    pyro.set_rng_seed(0)
+    whole = conditional_log_likelihood(cvae, x, y, num_samples=64, max_chunk=10**6, progress=False)
+    assert whole["plan"]["images_per_pass"] == 32
+    pyro.set_rng_seed(1)
+    capped = conditional_log_likelihood(cvae, x, y, num_samples=64, max_memory_gb=2e-4, progress=False)
+    assert capped["plan"]["source"] == "max_memory_gb" and capped["plan"]["pairs"] < 32 * 64
+    assert (capped["log_likelihood"] >= capped["elbo"] - 1e-4).all()
+    difference = capped["log_likelihood"] - whole["log_likelihood"]  # independent draws of one estimate
+    assert difference.mean().abs() < 4 * difference.std() / math.sqrt(32) + 1e-3
+
+
 def test_our_elbo_matches_pyros_trace_elbo():
     cvae = tiny_cvae(z_strength=2.0)
     x, y = split_quadrants(binary_images(32), 2)
