@@ -119,19 +119,37 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
     Components of any other family (low-rank, flows) fall back to the parent's broadcast ``log_prob``,
     which this equals (tested).
 
-    Args, shapes and sampling: as ``pyro.distributions.MixtureSameFamily``; the matmul path needs a
-    mixture with batch shape ``()`` (one set of K components shared by every point), else it falls back.
+    Args, shapes and sampling: as ``pyro.distributions.MixtureSameFamily``. The matrix products use one
+    set of K components shared by every point: a mixture built with batch shape ``()``, or one that a
+    plate expanded from it (``expand`` keeps the unexpanded mixture); any other batch shape falls back.
     """
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+    def expand(self, batch_shape, _instance=None):
+        # A plate (pyro.plate, the data plate of every model) expands the prior to the plate's batch
+        # shape. The expanded copy keeps the unexpanded mixture, whose (K, D) parameters the matrix
+        # products need; its log_prob is then broadcast to the batch shape.
+        new = super().expand(batch_shape, _instance)
+        new._unexpanded = self if self.batch_shape == () else getattr(self, "_unexpanded", None)
+        return new
+
+    def _matmul_ready(self) -> bool:
         comp = self.component_distribution
-        base = getattr(comp, "base_dist", None)
-        if not (isinstance(comp, torch.distributions.Independent) and comp.reinterpreted_batch_ndims == 1
-                and isinstance(base, torch.distributions.Normal) and self.batch_shape == ()
-                and value.shape[-1:] == self.event_shape):
+        return (self.batch_shape == () and isinstance(comp, torch.distributions.Independent)
+                and comp.reinterpreted_batch_ndims == 1 and isinstance(comp.base_dist, torch.distributions.Normal))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        source = self if self.batch_shape == () else getattr(self, "_unexpanded", None)
+        if source is None or not source._matmul_ready() or value.shape[-1:] != self.event_shape:
             return super().log_prob(value)
         if self._validate_args:
             self._validate_sample(value)
+        out = source._matmul_log_prob(value)
+        return out.expand(torch.broadcast_shapes(out.shape, self.batch_shape))
+
+    def _matmul_log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """log p(value) for ``value (..., D)``: ``(...)``, from the (K, D) parameters of this unexpanded
+        mixture."""
+        base = self.component_distribution.base_dist
         wide = torch.float64
         loc, scale = base.loc.to(wide), base.scale.to(wide)                      # (K, D)
         precision = scale.reciprocal().square()

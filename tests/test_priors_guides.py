@@ -152,6 +152,30 @@ def test_diagonal_normal_mixture_matmul_log_prob_equals_the_broadcast_one_with_i
         torch.testing.assert_close(g_fast, g_ref, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("prior", ["mixture", "vamp"])
+def test_the_matmul_log_density_runs_inside_the_models_plates(prior, monkeypatch):
+    """The data plate (and a particle plate) expand the prior; the matrix products must still be the
+    path taken, with the density of the unexpanded prior."""
+    from pyro import poutine
+    vae = make_vae(prior=prior)
+    perturb(vae)
+    x = binary_images(6)
+    with torch.no_grad(), pyro.plate("particles", 4, dim=-2):
+        trace = poutine.trace(vae.model).get_trace(x)
+    z = trace.nodes["z"]["value"]
+    assert z.shape == (4, 6, Z)
+    expected = dist.MixtureSameFamily(vae.prior().mixture_distribution, vae.prior().component_distribution).log_prob(z)
+
+    def broadcast_path(*args, **kwargs):
+        raise AssertionError("the (N, K, D) broadcast log_prob ran instead of the matrix products")
+
+    monkeypatch.setattr(torch.distributions.MixtureSameFamily, "log_prob", broadcast_path)
+    with torch.no_grad():
+        trace.compute_log_prob()
+    assert isinstance(trace.nodes["z"]["fn"], DiagonalNormalMixture)
+    torch.testing.assert_close(trace.nodes["z"]["log_prob"], expected.detach())
+
+
 def test_diagonal_normal_mixture_keeps_float32_precision_and_falls_back_for_other_components():
     torch.manual_seed(1)
     k, d = 500, 50
