@@ -4,8 +4,10 @@ Runs :func:`pyrovae.diagnostics.mcmc_reference` with its defaults (2 chains x (5
 JIT-compiled potential) on test images of a trained run (default ``runs/bench-loglik-warmup``, the
 default 50-d MLP VAE; only read), once with the chains one after another in this process
 (``num_workers=1``) and once with one worker process per chain, and prints wall seconds, R-hat, ESS and
-step sizes per setting. The two settings draw the same chains (same seeds), so R-hat and ESS agree and
-only the time differs. Absolute seconds depend on the machine and its load: the ratio is the result.
+step sizes per setting. Both use the same seeds, but this process runs ``torch.get_num_threads()``
+threads and each worker its share of them, and the different rounding sends NUTS along other (equally
+valid) trajectories: R-hat and ESS differ a little between the settings. Absolute seconds depend on the
+machine and its load: the ratio is the result.
 
     python benchmarks/nuts_speed.py --run runs/bench-loglik-warmup --images 0 1
 """

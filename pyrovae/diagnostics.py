@@ -315,12 +315,14 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
     and the bulk and tail effective sample sizes are ArviZ's.
 
     On the CPU the chains run in parallel worker processes (``num_workers``, default one per chain up to
-    the number of cores; started with ``spawn``, each with ``cores // num_workers`` threads), each chain
-    the same computation it is in one process: at equal threads per chain the draws depend on ``seed``
-    and not on the number of workers. (Another thread count changes the rounding of multi-threaded
-    kernels, which NUTS's chaotic trajectories turn into other, equally valid, chains.) Scripts that call this with
+    the number of cores; started with ``spawn``, each with ``torch.get_num_threads() // num_workers``
+    threads), each chain the same computation it is in one process: at equal threads per chain the draws
+    depend on ``seed`` and not on the number of workers. (Another thread count changes the rounding of
+    multi-threaded kernels, which NUTS's chaotic trajectories turn into other, equally valid, chains.)
+    On a GPU the chains always run in this process. Scripts that call this with
     workers must guard their entry point with ``if __name__ == "__main__":`` (Python's ``spawn`` rule);
-    if the workers cannot start, the chains run in this process with a warning.
+    if the workers cannot start (or the model cannot be pickled), the chains run in this process with a
+    warning; an error raised by a chain itself is raised as it is.
 
     Cost: with the defaults, one MNIST image's 50-d posterior under the default 784-512-512-50 decoder
     takes about 35 gradient evaluations per draw and 40-60 s of CPU time per chain on one core
@@ -364,6 +366,8 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
     device = _device(vae)
     workers = (_default_workers(num_chains, device) if num_workers is None
                else min(_count("num_workers", num_workers), num_chains))
+    if device.type != "cpu":
+        workers = 1  # the chains share the GPU in this process; CUDA state does not cross spawn cheaply
     x1 = x_i.reshape(1, *vae.x_shape).to(device)
     vae.check_data(x1)
     args = [(num_samples, warmup, seed + c, jit_compile, max_tree_depth, progress and workers == 1)
@@ -373,7 +377,7 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
     if workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool
+        from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
 
         threads = max(1, torch.get_num_threads() // workers)
         try:
@@ -381,6 +385,8 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
                                      initializer=_init_chain_worker, initargs=(threads,)) as pool:
                 results = list(pool.map(_nuts_chain, *zip(*[(vae, x1, *a) for a in args])))
         except (BrokenProcessPool, pickle.PicklingError, AttributeError, TypeError, OSError) as e:
+            if isinstance(e.__cause__, _RemoteTraceback):
+                raise  # the chain itself failed in its worker: running it again here would fail the same way
             warnings.warn(f"NUTS worker processes failed ({type(e).__name__}: {e}); running the "
                           f"{num_chains} chains one after another in this process", RuntimeWarning)
             workers = 1

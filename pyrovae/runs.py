@@ -114,9 +114,8 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: 
     x, y = test.images[:test_size], test.labels[:test_size]
     pyro.set_rng_seed(context.seed(config.seed))
     if isinstance(vae, CVAE):  # log p(x | y) given the true test labels; not shared out among processes
-        chunk = {} if max_chunk is None else {"max_chunk": max_chunk}
-        metrics = context.on_main(lambda: evaluate_given_labels(vae, x, y, num_samples, progress=progress,
-                                                                **chunk))
+        metrics = context.on_main(lambda: evaluate_given_labels(vae, x, y, num_samples, max_chunk=max_chunk,
+                                                                progress=progress, max_memory_gb=max_memory_gb))
     else:
         probe_train = None
         if probe and context.is_main:

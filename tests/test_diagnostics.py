@@ -106,8 +106,13 @@ def test_nuts_matches_the_exact_posterior_mean_and_sd_within_mcmc_error(nuts_run
 def test_nuts_chains_in_worker_processes_are_the_chains_of_one_process(nuts_run):
     vae, x, _, _, parallel = nuts_run
     assert parallel["num_workers"] == 2
-    sequential = mcmc_reference(vae, x[0], num_samples=200, warmup=200, num_chains=2, seed=1, jit_compile=True,
-                                num_workers=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))  # the threads of each of the two workers
+    try:
+        sequential = mcmc_reference(vae, x[0], num_samples=200, warmup=200, num_chains=2, seed=1,
+                                    jit_compile=True, num_workers=1)
+    finally:
+        torch.set_num_threads(threads)
     assert sequential["num_workers"] == 1
     torch.testing.assert_close(parallel["z"], sequential["z"], rtol=1e-5, atol=1e-5)
     assert parallel["step_size"] == pytest.approx(sequential["step_size"], rel=1e-5)
