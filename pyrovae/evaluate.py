@@ -15,8 +15,8 @@ from Pyro traces of ``vae.guide`` and ``vae.model`` (replayed on the guide's z),
 likelihood and guide family plugged into the model is evaluated without extra code.
 
 Work is chunked over (sample, image) pairs to stay under a memory cap (:func:`plan_chunks`, which
-measures what one pair costs), so the VampPrior's (pairs, components, z_dim) temporaries are accounted
-for as well as the decoder's activations.
+measures what one pair costs), so a prior's per-pair temporaries (a VampPrior over a low-rank guide
+broadcasts (pairs, components, z_dim)) are accounted for as well as the decoder's activations.
 
 Latent statistics: :func:`kl_per_dimension` (the KL term split over latent dimensions),
 :func:`active_units` (Burda et al. 2016, Appendix C) and :func:`linear_probe` (logistic regression on

@@ -297,15 +297,23 @@ def test_memory_capped_chunking_leaves_the_exact_posterior_estimate_unchanged(nu
     torch.testing.assert_close(out["log_likelihood"], exact, atol=2e-4, rtol=0)
 
 
-def test_vamp_prior_gets_a_smaller_chunk_under_the_same_cap():
+def test_the_memory_plan_sees_what_a_vamp_prior_costs_per_pair():
+    """With a low-rank guide the VampPrior's density broadcasts (pair, components, z_dim) temporaries and
+    gets a smaller chunk; with the diagonal guide its density is two matrix products
+    (DiagonalNormalMixture), and the plan sees no broadcast temporary."""
+    from pyrovae.guides import LowRankNormal
     x = torch.bernoulli(torch.full((64, 1, 28, 28), 0.3))
-    standard = VAE(z_dim=40, hidden=(32,)).eval()
-    vamp = VAE(z_dim=40, hidden=(32,), prior=VampPrior(40, num_components=50)).eval()
-    plans = {name: plan_chunks(vae, x, 1000, max_memory_gb=0.01) for name, vae in
-             (("standard", standard), ("vamp", vamp))}
-    assert plans["vamp"].pairs < plans["standard"].pairs
-    # the mixture's log-density holds at least one (pair, components, z_dim) float32 temporary
-    assert plans["vamp"].bytes_per_pair >= 50 * 40 * 4
+    broadcast_bytes = 50 * 40 * 4  # one float32 (pair, 50 components, z_dim 40) temporary
+    plans = {}
+    for guide in ("diagonal", "low_rank"):
+        kw = {"guide_family": LowRankNormal(40)} if guide == "low_rank" else {}
+        for prior in ("standard", "vamp"):
+            vae = VAE(z_dim=40, hidden=(32,), prior=VampPrior(40, num_components=50) if prior == "vamp" else None,
+                      **kw).eval()
+            plans[guide, prior] = plan_chunks(vae, x, 1000, max_memory_gb=0.01)
+    assert plans["low_rank", "vamp"].pairs < plans["low_rank", "standard"].pairs
+    assert plans["low_rank", "vamp"].bytes_per_pair >= plans["low_rank", "standard"].bytes_per_pair + broadcast_bytes
+    assert plans["diagonal", "vamp"].bytes_per_pair < plans["diagonal", "standard"].bytes_per_pair + broadcast_bytes / 2
 
 
 @pytest.mark.parametrize("prior", [None, "vamp"])
