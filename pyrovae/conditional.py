@@ -48,7 +48,6 @@ import torch
 from pyro.poutine.util import is_validation_enabled
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .evaluate import eval_mode, importance_sampled, log_importance_weights, summarize
 from .guides import DiagonalNormal
@@ -426,7 +425,7 @@ def log_likelihood_given_labels(cvae: CVAE, x: torch.Tensor, y: torch.Tensor, nu
         xb, yb = chunk
         return (log_importance_weights(cvae.with_labels(yb), xb, s),)
 
-    with eval_mode(cvae), torch.no_grad():
+    with eval_mode(cvae):
         out = importance_sampled(log_weight_pass, (x, y), num_samples, device, max_memory_gb, max_chunk,
                                  "log p(x|y)", progress)
     return {"log_likelihood": out["log_likelihood"], "elbo": out["means"][0], "plan": out["plan"].as_dict()}

@@ -292,11 +292,8 @@ def _init_chain_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _default_workers(num_chains: int, device: torch.device) -> int:
-    """One process per chain on the CPU, as many as there are cores; on a GPU the chains share the device
-    in one process."""
-    if device.type != "cpu":
-        return 1
+def _default_workers(num_chains: int) -> int:
+    """One process per chain, as many as there are cores (on the CPU; a GPU keeps one process)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(num_chains, cores))
 
@@ -325,9 +322,9 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
     warning; an error raised by a chain itself is raised as it is.
 
     Cost: with the defaults, one MNIST image's 50-d posterior under the default 784-512-512-50 decoder
-    takes about 35 gradient evaluations per draw and 40-60 s of CPU time per chain on one core
-    (``benchmarks/diagnose_default.py`` reports the wall time), about twice that without ``jit_compile``;
-    with two cores the two default chains run side by side.
+    takes about 35 gradient evaluations per draw; the two default chains took 33-35 s in two worker
+    processes of one thread each, and 51-52 s one after the other on two threads
+    (``benchmarks/nuts_speed.py``); about twice that without ``jit_compile``.
 
     Args:
         vae: a trained model (left unchanged; its parameters are frozen while NUTS runs).
@@ -364,7 +361,7 @@ def mcmc_reference(vae: VAE, x_i: torch.Tensor, num_samples: int = 500, warmup: 
         raise ValueError(f"x_i must be one image of shape {vae.x_shape} or (1, "
                          f"{', '.join(map(str, vae.x_shape))}), got {got}; pass x[i], not a batch")
     device = _device(vae)
-    workers = (_default_workers(num_chains, device) if num_workers is None
+    workers = (_default_workers(num_chains) if num_workers is None
                else min(_count("num_workers", num_workers), num_chains))
     if device.type != "cpu":
         workers = 1  # the chains share the GPU in this process; CUDA state does not cross spawn cheaply
@@ -752,7 +749,8 @@ def _summary(values: torch.Tensor) -> dict:
 def _mcmc_row(image: int, ref: dict, samples: dict, psis: dict, j: int) -> dict:
     """How q(z|x) of image ``image`` (column ``j`` of ``samples``) compares with its NUTS reference."""
     q_mean, q_sd = samples["z"][:, j].mean(0).double(), samples["z"][:, j].std(0).double()
-    return {"image": image, "seconds": ref["seconds"], "num_workers": ref["num_workers"], "max_rhat": ref["rhat"].max().item(),
+    return {"image": image, "seconds": ref["seconds"], "num_workers": ref["num_workers"],
+            "max_rhat": ref["rhat"].max().item(),
             "min_ess_bulk": ref["ess_bulk"].min().item(), "min_ess_tail": ref["ess_tail"].min().item(),
             "divergences": ref["divergences"], "step_size": ref["step_size"], "khat": psis["khat"][j].item(),
             "max_abs_mean_difference_in_nuts_sd": ((q_mean - ref["mean"]) .abs() / ref["sd"]).max().item(),

@@ -63,6 +63,11 @@ def eval_mode(module: torch.nn.Module):
         module.train(was_training)
 
 
+def _rng_kept(device: torch.device):
+    """Random draws inside leave the caller's random state (CPU, and ``device`` if CUDA) as it was."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 # --- the log weights ------------------------------------------------------------------------------
 
 
@@ -212,7 +217,7 @@ def _measure(log_weight_pass: LogWeightPass, tensors: tuple, device: torch.devic
     """:func:`measure_pass_memory` for any log-weight pass over ``tensors`` (each ``(n, ...)``)."""
     index = torch.arange(32) % tensors[0].shape[0]
     small, large = tuple(t[index[:16]].to(device) for t in tensors), tuple(t[index].to(device) for t in tensors)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with _rng_kept(device):
         log_weight_pass(tuple(t[:1] for t in small), 1)  # warm-up: lazy initialization is not a per-pair cost
         p1 = _peak_bytes(log_weight_pass, small, 1)
         p2 = _peak_bytes(log_weight_pass, small, 8)
@@ -433,7 +438,6 @@ def importance_sampled(log_weight_pass: LogWeightPass, tensors: tuple, num_sampl
     return {"log_likelihood": log_likelihood, "means": means, "plan": plan}
 
 
-
 @torch.no_grad()
 def log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk: int | None = None,
                    device: torch.device | str | None = None, progress: bool | None = None,
@@ -495,7 +499,7 @@ def log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = 5000, max_chunk
         out = {"log_likelihood": sampled["log_likelihood"], "elbo": elbo, "reconstruction": reconstruction}
         kl_method, kl = "analytic", []
         for start in range(0, x.shape[0], plan.images_per_pass):  # one guide pass per chunk: cheap
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # draws left alone
+            with _rng_kept(device):  # the importance-sampling draws stay what they were
                 chunk_kl = _analytic_kl(vae, x[start:start + plan.images_per_pass].to(device))
             if chunk_kl is None:
                 kl_method = "monte_carlo"

@@ -134,8 +134,8 @@ class DiagonalNormalMixture(dist.MixtureSameFamily):
 
     def _matmul_ready(self) -> bool:
         comp = self.component_distribution
-        return (self.batch_shape == () and isinstance(comp, torch.distributions.Independent)
-                and comp.reinterpreted_batch_ndims == 1 and isinstance(comp.base_dist, torch.distributions.Normal))
+        return (isinstance(comp, torch.distributions.Independent) and comp.reinterpreted_batch_ndims == 1
+                and isinstance(comp.base_dist, torch.distributions.Normal))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         source = self if self.batch_shape == () else getattr(self, "_unexpanded", None)
@@ -178,8 +178,8 @@ class MixtureOfGaussians(nn.Module):
         init_scale: initial component scale (default 1).
         min_scale: floor on the component scales (default 1e-4).
 
-    Returns (``forward()``): a :class:`DiagonalNormalMixture` over ``Normal(mu, sigma).to_event(1)`` components
-    ``(K, z_dim)``: batch shape ``()``, event shape ``(z_dim,)``.
+    Returns (``forward()``): a :class:`DiagonalNormalMixture` over ``Normal(mu, sigma).to_event(1)``
+    components ``(K, z_dim)``: batch shape ``()``, event shape ``(z_dim,)``.
 
     Raises:
         ValueError: ``num_components < 1`` or non-positive scales.
@@ -236,8 +236,8 @@ class VampPrior(nn.Module):
     densities. With the diagonal-Normal guide that is two (N, z_dim) @ (z_dim, K) products
     (:class:`DiagonalNormalMixture`); other guide families broadcast temporaries of N K z_dim numbers
     (:func:`pyrovae.evaluate.log_likelihood` measures this cost and sizes its chunks to its memory cap).
-    With a guide family whose
-    log q needs an inverse flow (:class:`pyrovae.guides.IAF`) each density costs ``z_dim`` network passes.
+    With a guide family whose log q needs an inverse flow (:class:`pyrovae.guides.IAF`) each density
+    costs ``z_dim`` network passes.
 
     Args:
         z_dim: latent dimension (must equal the VAE's).
@@ -245,8 +245,9 @@ class VampPrior(nn.Module):
         squash: ``"sigmoid"``, ``"hardtanh"`` or ``"none"`` (see above).
         init_mean, init_std: initial pseudo-inputs in data space (default 0.5 and 0.01).
 
-    Returns (``forward()``): a :class:`DiagonalNormalMixture` (a ``MixtureSameFamily``) with uniform weights over the guide family's
-    distribution at the pseudo-inputs (batch shape ``(K,)``): batch shape ``()``, event ``(z_dim,)``.
+    Returns (``forward()``): a :class:`DiagonalNormalMixture` (a ``MixtureSameFamily``) with uniform
+    weights over the guide family's distribution at the pseudo-inputs (batch shape ``(K,)``): batch
+    shape ``()``, event ``(z_dim,)``.
 
     Raises:
         RuntimeError: called (or :meth:`set_pseudo_inputs`) before :meth:`attach`; attached to a second VAE.

@@ -477,7 +477,7 @@ def conditional_log_likelihood(cvae: StructuredCVAE, x: torch.Tensor, y: torch.T
     def log_weight_pass(chunk, s):
         return (log_importance_weights(cvae, *chunk, s, proposal),)
 
-    with eval_mode(cvae), torch.no_grad():
+    with eval_mode(cvae):
         out = importance_sampled(log_weight_pass, (x, y), num_samples, device, max_memory_gb, max_chunk,
                                  "log p(y|x)", progress)
     return {"log_likelihood": out["log_likelihood"], "elbo": out["means"][0], "plan": out["plan"].as_dict()}
