@@ -53,6 +53,22 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def rng_state(generator: torch.Generator, device: torch.device, key: str = "data") -> dict:
+    """The RNG states a resumed run needs to go on draw for draw: torch's CPU generator, the data
+    ``generator`` (stored under ``key``) and, on a CUDA ``device``, its generator (None otherwise)."""
+    return {"torch": torch.get_rng_state(), key: generator.get_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def restore_rng_state(saved: dict, generator: torch.Generator, device: torch.device, key: str = "data") -> None:
+    """Restore the states :func:`rng_state` returned. The CUDA state is restored only on a CUDA
+    ``device`` and when one was saved (a run may move between CPU and GPU)."""
+    torch.set_rng_state(saved["torch"])
+    generator.set_state(saved[key])
+    if device.type == "cuda" and saved.get("cuda") is not None:
+        torch.cuda.set_rng_state(saved["cuda"], device)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`.
 

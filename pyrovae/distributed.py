@@ -53,6 +53,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .checkpoint import restore_rng_state, rng_state
 from .data import ImageDataset
 
 log = logging.getLogger(__name__)
@@ -206,9 +207,7 @@ class DistributedContext:
         None for one process. A collective: every rank must call it."""
         if not self.enabled:
             return None
-        mine = {"torch": torch.get_rng_state(), "sample": sample_generator.get_state(),
-                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
-        return self.all_gather_object(mine)
+        return self.all_gather_object(rng_state(sample_generator, self.device, key="sample"))
 
     def restore_rng_states(self, states: list[dict] | None, sample_generator: torch.Generator, seed: int,
                            epoch: int) -> None:
@@ -218,11 +217,7 @@ class DistributedContext:
         if not self.enabled:
             return
         if states is not None and len(states) == self.world_size:
-            mine = states[self.rank]
-            torch.set_rng_state(mine["torch"])
-            sample_generator.set_state(mine["sample"])
-            if self.device.type == "cuda" and mine.get("cuda") is not None:
-                torch.cuda.set_rng_state(mine["cuda"], self.device)
+            restore_rng_state(states[self.rank], sample_generator, self.device, key="sample")
             return
         if self.is_main:
             log.warning("the checkpoint was written by %s process(es), this run has %d: each process is "

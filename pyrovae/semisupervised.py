@@ -64,7 +64,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, CONFIG, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import Device, SavedConfig
 from .data import ImageDataset, load_mnist
 from .guides import DiagonalNormal
@@ -648,10 +648,7 @@ def fit_m2(config: M2Config, run_dir: str | os.PathLike, resume: bool = False,
         m2.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = list(state["history"]), int(state["epoch"])
-        torch.set_rng_state(state["rng"]["torch"])
-        generator.set_state(state["rng"]["data"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        restore_rng_state(state["rng"], generator, device)
     config.save(run_dir / CONFIG)
 
     n_l, n_u = len(labelled), len(unlabelled)
@@ -694,8 +691,7 @@ def fit_m2(config: M2Config, run_dir: str | os.PathLike, resume: bool = False,
             "kind": "m2", "config": config.to_dict(), "epoch": epoch, "model": m2.state_dict(),
             "optimizer": optimizer.state_dict(), "history": history, "labelled_indices": labelled_idx,
             "x_shape": list(train.x_shape),
-            "rng": {"torch": torch.get_rng_state(), "data": generator.get_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "rng": rng_state(generator, device),
         })
         write_metrics(run_dir, {"history": history, **summarize_history(history),
                                 "num_labelled": n_l, "num_unlabelled": n_u, "aux_loss_multiplier": multiplier})

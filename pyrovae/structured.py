@@ -63,7 +63,8 @@ from pydantic import PositiveFloat, PositiveInt
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT, CONFIG, CheckpointError, load_checkpoint, restore_rng_state, rng_state,
+                         save_checkpoint)
 from .config import Device, SavedConfig
 from .data import ImageDataset, load_mnist
 from .evaluate import eval_mode, importance_sampled
@@ -585,11 +586,6 @@ def load_structured_data(config: StructuredConfig) -> tuple[ImageDataset, None, 
     return train, None, test
 
 
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    return {"torch": torch.get_rng_state(), "data": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
 def fit_structured(config: StructuredConfig, run_dir: str | os.PathLike, resume: bool = False,
                    data: tuple[ImageDataset, object, ImageDataset] | None = None, progress: bool | None = None,
                    on_epoch_end: Callable[[str, int, Path], None] | None = None) -> tuple[StructuredCVAE, list[dict]]:
@@ -646,10 +642,7 @@ def fit_structured(config: StructuredConfig, run_dir: str | os.PathLike, resume:
     if state is not None:
         cvae.load_state_dict(state["model"])
         history, stage, done = list(state["history"]), state["stage"], int(state["epoch"])
-        torch.set_rng_state(state["rng"]["torch"])
-        generator.set_state(state["rng"]["data"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        restore_rng_state(state["rng"], generator, device)
     config.save(run_dir / CONFIG)
 
     n = len(train)
@@ -694,7 +687,7 @@ def fit_structured(config: StructuredConfig, run_dir: str | os.PathLike, resume:
             save_checkpoint(ckpt_path, {
                 "kind": RUN_KIND, "config": config.to_dict(), "stage": stage_name, "epoch": epoch,
                 "model": cvae.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                "rng": _rng_state(generator, device),
+                "rng": rng_state(generator, device),
             })
             write_metrics(run_dir, {"history": history})
             if on_epoch_end is not None:

@@ -20,7 +20,8 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, CONFIG, METRICS, atomic_write_text, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT, CONFIG, METRICS, atomic_write_text, load_checkpoint, restore_rng_state,
+                         rng_state, save_checkpoint)
 from .config import RunConfig, build_model
 from .data import RANDOM_TRANSFORMS, ImageDataset, load_mnist
 from .distributed import init_distributed
@@ -206,10 +207,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         scheduler.load_state_dict(state["scheduler"])
         scheduler.lr_lambdas[0] = _lr_lambda(config, steps)
         history, start_epoch = list(state["history"]), int(state["epoch"])
-        torch.set_rng_state(state["rng"]["torch"])
-        generator.set_state(state["rng"]["data"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        restore_rng_state(state["rng"], generator, device)
         ctx.restore_rng_states(state["rng"].get("ranks"), sample_generator, config.seed, start_epoch)
     ddp = ctx.wrap(vae, elbo)  # None for one process
     kl_term = (kl_mode(given_labels(vae, torch.zeros((), dtype=torch.long), device))
@@ -246,8 +244,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         history.append(row)
         if ctx.is_main:
             log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-        rng = {"torch": torch.get_rng_state(), "data": generator.get_state(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        rng = rng_state(generator, device)
         if ctx.enabled:
             rng["ranks"] = ctx.rng_states(sample_generator)  # a collective: every rank takes part
 
