@@ -58,7 +58,7 @@ def supervised_only(config: M2Config, data: tuple[ImageDataset, ImageDataset | N
     labelled = ImageDataset(train.images[labelled_idx], train.labels[labelled_idx], train.binarization)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    classifier = Classifier((1, 28, 28), config.hidden)
+    classifier = Classifier(train.x_shape, config.hidden)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=config.lr)
     best_val, test_at_best, step = -1.0, None, 0
     while step < steps:
