@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from pyrovae.structured import StructuredConfig, structured_run
+from pyrovae.runs import structured_run
+from pyrovae.structured import StructuredConfig
 
 #: Pyro CVAE tutorial, 50 epochs, -(10-sample ELBO) on grey-valued test pixels (ANCHORS.md).
 TUTORIAL = {1: {"baseline": 100.4, "cvae": 71.8}, 2: {"baseline": 61.9, "cvae": 51.0},

@@ -28,9 +28,8 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 
 from pyrovae.data import load_mnist
-from pyrovae.structured import (
-    BaselineNet, StructuredCVAE, draw_completions, evaluate_structured, split_quadrants,
-)
+from pyrovae.runs import draw_completions
+from pyrovae.structured import BaselineNet, StructuredCVAE, evaluate_structured, split_quadrants
 from pyrovae.train import make_optimizer
 
 

@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             config = _train_config(args)
             kind = "cvae-" if config.model.conditional else ""
-            out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{kind}{config.model.network}-z{config.model.z_dim}"
+            stamp = time.strftime('%Y%m%d-%H%M%S')
+            out = args.out or f"runs/{stamp}-{kind}{config.model.network}-z{config.model.z_dim}"
             metrics = runs.train_run(config, out, resume=args.resume, progress=False if args.no_progress else None)
             if metrics:  # {} on the ranks other than 0 of a torchrun launch
                 print(json.dumps(_summary({"run_dir": out, **metrics["test"]}), indent=2))
@@ -250,14 +251,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"out": args.out or args.run_dir, "summary": result["summary"],
                               "files": result["files"]}, indent=2))
         elif args.command == "structured":
-            from .structured import structured_run
             config = make_config(
                 StructuredConfig, visible=args.visible, epochs=args.epochs, baseline_epochs=args.baseline_epochs,
                 z_dim=args.z_dim, hidden=args.hidden, batch_size=args.batch_size, lr=args.lr,
                 binarization=args.binarization, train_size=args.train_size, test_size=args.test_size,
                 eval_num_samples=args.num_samples, seed=args.seed, device=args.device, data_dir=args.data_dir)
             out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-structured-q{args.visible}"
-            metrics = structured_run(config, out, resume=args.resume, progress=False if args.no_progress else None)
+            metrics = runs.structured_run(config, out, resume=args.resume, progress=False if args.no_progress else None)
             print(json.dumps({"run_dir": out, **metrics["test"]}, indent=2))
         elif args.command == "semisupervised":
             config = make_config(

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .distributed import DistributedContext
 from .models import VAE
-from .objectives import kl_per_dim, log_weights_from_traces, particle_traces
+from .objectives import NoClosedFormKLError, kl_per_dim, log_weights_from_traces, particle_traces
 
 #: Share of the memory cap that the plan fills: room for kernels' internal scratch buffers, which the
 #: CPU measurement cannot see.
@@ -594,10 +594,9 @@ def kl_per_dimension(vae: VAE, x: torch.Tensor, batch_size: int = 1000, num_samp
         total = 0.0
         for xb in _batches(x, batch_size, device):
             q, p = _latent_site(*_traces(vae, xb), site)
-            kl_per_dim(q, p, z=q.sample())  # one clear error for a prior or guide that does not factorize
-            try:
-                kl = kl_per_dim(q, p)  # the closed form
-            except ValueError:  # none: the Monte Carlo mean over num_samples draws
+            try:  # the closed form; a prior or guide that does not factorize raises its own ValueError
+                kl = kl_per_dim(q, p)
+            except NoClosedFormKLError:  # none: the Monte Carlo mean over num_samples draws
                 kl = kl_per_dim(q, p, z=q.sample((num_samples,)), analytic=False).mean(0)
             total = total + kl.reshape(-1, vae.z_dim).sum(0)
     finally:

@@ -276,6 +276,11 @@ def _factors(d: Distribution) -> Distribution | None:
     return d if tuple(d.event_shape) == () else None
 
 
+class NoClosedFormKLError(ValueError):
+    """Raised by :func:`kl_per_dim` when the KL has no closed form and no draw ``z`` was given for the
+    Monte Carlo estimate (a ``ValueError``, so callers that catch that keep working)."""
+
+
 def kl_per_dim(guide_dist: Distribution, prior_dist: Distribution, z: torch.Tensor | None = None,
                analytic: bool = True) -> torch.Tensor:
     r"""KL(q(z_j | x) || p(z_j)) for each latent dimension j, in nats.
@@ -298,8 +303,8 @@ def kl_per_dim(guide_dist: Distribution, prior_dist: Distribution, z: torch.Tens
 
     Raises:
         ValueError: the prior or the guide does not factorize over the dimensions of z (mixture,
-            VampPrior, flow prior; low-rank or flow guide), or the Monte Carlo estimate is needed and
-            ``z`` is None.
+            VampPrior, flow prior; low-rank or flow guide).
+        NoClosedFormKLError: the Monte Carlo estimate is needed and ``z`` is None.
     """
     for d, what in ((prior_dist, "prior"), (guide_dist, "guide")):
         if _factors(d) is None:
@@ -318,8 +323,8 @@ def kl_per_dim(guide_dist: Distribution, prior_dist: Distribution, z: torch.Tens
             kl = None
     if kl is None:
         if z is None:
-            raise ValueError(f"KL({type(q).__name__} || {type(p).__name__}) has no closed form; pass z, a draw "
-                             "from the guide, for the Monte Carlo estimate")
+            raise NoClosedFormKLError(f"KL({type(q).__name__} || {type(p).__name__}) has no closed form; pass z, "
+                                      "a draw from the guide, for the Monte Carlo estimate")
         kl = q.log_prob(z) - p.log_prob(z)
     shape = torch.broadcast_shapes(kl.shape, guide_dist.batch_shape + event_shape,
                                    prior_dist.batch_shape + event_shape)

@@ -157,8 +157,10 @@ def plot_samples_by_label(samples: torch.Tensor, num_per_label: int, path, label
     return _save(fig, path)
 
 
-def plot_analogies(x: torch.Tensor, analogies: torch.Tensor, path,
-                   title: str = "analogies: each row keeps the style z of its image (left), one column per label") -> Path:
+ANALOGIES_TITLE = "analogies: each row keeps the style z of its image (left), one column per label"
+
+
+def plot_analogies(x: torch.Tensor, analogies: torch.Tensor, path, title: str = ANALOGIES_TITLE) -> Path:
     """The M2 analogy figure (Kingma et al. 2014, Figure 1): one row per image ``x (n, 1, H, W)``, the
     image first, then ``analogies (n, num_classes, 1, H, W)``, its style decoded with each label."""
     n, k = analogies.shape[:2]

@@ -14,7 +14,7 @@ import pyro
 import torch
 
 from . import plots
-from .checkpoint import load_run
+from .checkpoint import CONFIG, load_run
 from .conditional import CVAE, evaluate_given_labels
 from .config import RunConfig
 from .data import ImageDataset, load_mnist
@@ -23,6 +23,8 @@ from .evaluate import evaluate
 from .models import VAE
 from .train import fit, load_data, resolve_device, write_metrics
 from .semisupervised import M2, M2Config, fit_m2, load_m2_data
+from .structured import (FIGURE as COMPLETIONS_FIGURE, StructuredConfig, StructuredCVAE, evaluate_structured,
+                         fit_structured, load_structured_data, split_quadrants)
 
 log = logging.getLogger(__name__)
 
@@ -297,3 +299,41 @@ def semisupervised_run(config: M2Config, run_dir: str | os.PathLike, resume: boo
     draw_m2_figures(m2, data[2], history, run_dir, seed=config.seed)
     return write_metrics(run_dir, {"test_binarization": "none (grey values)" if config.binarization == "none"
                                    else "static, seed 0 (test set binarized once)"})
+
+
+# --- structured-output CVAE runs (pyrovae structured) ---------------------------------------------------
+
+
+def draw_completions(cvae: StructuredCVAE, images: torch.Tensor, visible: int, path: str | os.PathLike,
+                     num_samples: int = 5, seed: int = 0) -> Path:
+    """The completion figure: for each of ``images (n, 1, 28, 28)`` (binarized), its input, the truth,
+    the baseline's prediction and ``num_samples`` CVAE completions (z ~ p(z | x)); see
+    :func:`pyrovae.plots.plot_completions`."""
+    device = next(cvae.parameters()).device
+    x, _ = split_quadrants(images, visible)
+    x = x.to(device)
+    pyro.set_rng_seed(seed)
+    samples = cvae.sample_completions(x, num_samples)
+    return plots.plot_completions(x.cpu(), images.cpu(), cvae.baseline.predict(x).cpu(), samples.cpu(), path,
+                                  title=f"quadrant completion, {visible} visible quadrant{'s' * (visible > 1)}")
+
+
+def structured_run(config: StructuredConfig, run_dir: str | os.PathLike, resume: bool = False,
+                   progress: bool | None = None, num_figure_images: int = 10) -> dict:
+    """``pyrovae structured``: train the baseline and the CVAE, evaluate both on the test set (K =
+    ``config.eval_num_samples``), draw ``completions.png``, and return ``metrics.json``'s content
+    (``history`` and ``test``, see :func:`evaluate_structured`)."""
+    data = load_structured_data(config)
+    cvae, _ = fit_structured(config, run_dir, resume=resume, data=data, progress=progress)
+    config = StructuredConfig.load(Path(run_dir) / CONFIG)  # on resume, the run's own settings
+    test = data[2]
+    pyro.set_rng_seed(config.seed)
+    metrics = evaluate_structured(cvae.baseline, cvae, test.images, config.visible, config.eval_num_samples,
+                                  progress=progress)
+    metrics["binarization"] = (f"train {config.binarization}; test binarized once (seed 0), "
+                               f"{metrics['num_images']} images")
+    log.info("test -log p(y|x): baseline %.2f, CVAE %.2f +- %.2f nats (K=%d)", metrics["baseline_neg_cll_nats"],
+             metrics["cvae_neg_cll_nats"], metrics["cvae_neg_cll_stderr"], config.eval_num_samples)
+    draw_completions(cvae, test.images[:num_figure_images], config.visible, Path(run_dir) / COMPLETIONS_FIGURE,
+                     seed=config.seed)
+    return write_metrics(run_dir, {"test": metrics})

@@ -45,7 +45,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -725,46 +724,9 @@ def load_structured_run(run_dir: str | os.PathLike, device: str | torch.device =
     return cvae.to(device).eval(), config, state
 
 
-def draw_completions(cvae: StructuredCVAE, images: torch.Tensor, visible: int, path: str | os.PathLike,
-                     num_samples: int = 5, seed: int = 0) -> Path:
-    """The completion figure: for each of ``images (n, 1, 28, 28)`` (binarized), its input, the truth,
-    the baseline's prediction and ``num_samples`` CVAE completions (z ~ p(z | x)); see
-    :func:`pyrovae.plots.plot_completions`."""
-    from . import plots  # figures come last in the package's layers
-
-    device = next(cvae.parameters()).device
-    x, _ = split_quadrants(images, visible)
-    x = x.to(device)
-    pyro.set_rng_seed(seed)
-    samples = cvae.sample_completions(x, num_samples)
-    return plots.plot_completions(x.cpu(), images.cpu(), cvae.baseline.predict(x).cpu(), samples.cpu(), path,
-                                  title=f"quadrant completion, {visible} visible quadrant{'s' * (visible > 1)}")
-
-
-def structured_run(config: StructuredConfig, run_dir: str | os.PathLike, resume: bool = False,
-                   progress: bool | None = None, num_figure_images: int = 10) -> dict:
-    """``pyrovae structured``: train the baseline and the CVAE, evaluate both on the test set (K =
-    ``config.eval_num_samples``), draw ``completions.png``, and return ``metrics.json``'s content
-    (``history`` and ``test``, see :func:`evaluate_structured`)."""
-    data = load_structured_data(config)
-    cvae, _ = fit_structured(config, run_dir, resume=resume, data=data, progress=progress)
-    config = StructuredConfig.from_dict(json.loads((Path(run_dir) / CONFIG).read_text()))
-    test = data[2]
-    pyro.set_rng_seed(config.seed)
-    metrics = evaluate_structured(cvae.baseline, cvae, test.images, config.visible, config.eval_num_samples,
-                                  progress=progress)
-    metrics["binarization"] = (f"train {config.binarization}; test binarized once (seed 0), "
-                               f"{metrics['num_images']} images")
-    log.info("test -log p(y|x): baseline %.2f, CVAE %.2f +- %.2f nats (K=%d)", metrics["baseline_neg_cll_nats"],
-             metrics["cvae_neg_cll_nats"], metrics["cvae_neg_cll_stderr"], config.eval_num_samples)
-    draw_completions(cvae, test.images[:num_figure_images], config.visible, Path(run_dir) / FIGURE, seed=config.seed)
-    return write_metrics(run_dir, {"test": metrics})
-
-
 __all__ = [
     "MASK_VALUE", "VISIBLE_CHOICES", "quadrant_masks", "split_quadrants", "check_images", "check_pair",
     "hidden_pixel_likelihood", "BaselineNet", "ConditionalGaussianNet", "GenerationNet", "StructuredCVAE",
     "log_importance_weights", "conditional_log_likelihood", "evaluate_structured", "StructuredConfig",
-    "build_structured", "load_structured_data", "fit_structured", "load_structured_run", "draw_completions",
-    "structured_run",
+    "build_structured", "load_structured_data", "fit_structured", "load_structured_run",
 ]

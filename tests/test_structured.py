@@ -16,10 +16,10 @@ from torch import nn
 from pyrovae.checkpoint import CheckpointError
 from pyrovae.cli import main
 from pyrovae.config import ConfigError, make_config
+from pyrovae.runs import draw_completions, structured_run
 from pyrovae.structured import (
     MASK_VALUE, BaselineNet, StructuredConfig, StructuredCVAE, check_pair, conditional_log_likelihood,
-    draw_completions, fit_structured, load_structured_run, log_importance_weights, quadrant_masks,
-    split_quadrants, structured_run,
+    fit_structured, load_structured_run, log_importance_weights, quadrant_masks, split_quadrants,
 )
 from pyrovae.train import RunDirError
 
