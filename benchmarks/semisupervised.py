@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--aux-loss-multiplier", type=float, default=None,
                         help="weight on -log q(y|x) per labelled image (default: Kingma et al.'s 0.1 N / labels)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: M2Config's)")
     parser.add_argument("--validation-size", type=int, default=10_000)
     parser.add_argument("--train-size", type=int, default=None, help="first N training images only (smoke tests)")
     parser.add_argument("--seed", type=int, default=0)
@@ -94,11 +95,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    lr = {} if args.lr is None else {"lr": args.lr}
     rows = []
     for num_labels in args.labels:
         config = M2Config(num_labels=num_labels, epochs=args.epochs, aux_loss_multiplier=args.aux_loss_multiplier,
                           validation_size=args.validation_size, train_size=args.train_size, seed=args.seed,
-                          device=args.device, data_dir=args.data_dir)
+                          device=args.device, data_dir=args.data_dir, **lr)
         run_dir = Path(args.out) / f"labels{num_labels}"
         resume = (run_dir / "checkpoint.pt").exists()
         t0 = time.perf_counter()
@@ -138,7 +140,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {**M2Config(epochs=args.epochs, aux_loss_multiplier=args.aux_loss_multiplier,
                            validation_size=args.validation_size, train_size=args.train_size,
-                           seed=args.seed).to_dict(), "torch_threads": torch.get_num_threads()}
+                           seed=args.seed, **lr).to_dict(), "torch_threads": torch.get_num_threads()}
     settings.pop("num_labels")
     out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
