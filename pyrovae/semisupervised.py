@@ -31,8 +31,9 @@ tutorial's 46 weighs the labels 28 times more). pyrovae defaults to Kingma et al
 the total weight of the labels the same whatever their number; ``aux_loss_multiplier=46`` gives the
 tutorial's weighting. Measured (``benchmarks/RESULTS.md``): at 100 labels this default gives q(y|x) a
 test accuracy of 0.63, below the same network trained on the 100 labels alone (0.77); a multiplier of
-5000 gives 0.79 (20 epochs). After 50 epochs at the default lr 1e-3 it gives 0.925 / 0.933 / 0.950 at
-600 / 1000 / 3000 labels, still below the Pyro tutorial's reported 0.94 / 0.95 / 0.96. The tutorial's own
+5000 gives 0.79 (20 epochs, lr 4.2e-4). After 50 epochs at the default lr 1e-3 it gives 0.853 / 0.925 /
+0.933 / 0.950 at 100 / 600 / 1000 / 3000 labels, still below the Pyro tutorial's reported 0.93 / 0.94 /
+0.95 / 0.96. The tutorial's own
 example, re-run with Pyro 1.9 (seed 0, 50 epochs), gives 0.71 / 0.88 / 0.91 / 0.947 at 100 / 600 / 1000 /
 3000 labels: its table does not reproduce from its code either.
 
