@@ -215,6 +215,11 @@ def _summary(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
 
 
+def _default_run_dir(name: str) -> str:
+    """``runs/<YYYYmmdd-HHMMSS>-<name>``: the run folder when ``--out`` is not given."""
+    return f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -225,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             config = _train_config(args)
             kind = "cvae-" if config.model.conditional else ""
-            stamp = time.strftime('%Y%m%d-%H%M%S')
-            out = args.out or f"runs/{stamp}-{kind}{config.model.network}-z{config.model.z_dim}"
+            out = args.out or _default_run_dir(f"{kind}{config.model.network}-z{config.model.z_dim}")
             metrics = runs.train_run(config, out, resume=args.resume, progress=False if args.no_progress else None)
             if metrics:  # {} on the ranks other than 0 of a torchrun launch
                 print(json.dumps(_summary({"run_dir": out, **metrics["test"]}), indent=2))
@@ -256,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 z_dim=args.z_dim, hidden=args.hidden, batch_size=args.batch_size, lr=args.lr,
                 binarization=args.binarization, train_size=args.train_size, test_size=args.test_size,
                 eval_num_samples=args.num_samples, seed=args.seed, device=args.device, data_dir=args.data_dir)
-            out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-structured-q{args.visible}"
+            out = args.out or _default_run_dir(f"structured-q{args.visible}")
             metrics = runs.structured_run(config, out, resume=args.resume, progress=False if args.no_progress else None)
             print(json.dumps({"run_dir": out, **metrics["test"]}, indent=2))
         elif args.command == "semisupervised":
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size, labelled_batch_size=args.labelled_batch_size, lr=args.lr,
                 binarization=args.binarization, validation_size=args.validation_size, train_size=args.train_size,
                 seed=args.seed, device=args.device, data_dir=args.data_dir)
-            out = args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-m2-{args.labels}labels"
+            out = args.out or _default_run_dir(f"m2-{args.labels}labels")
             metrics = runs.semisupervised_run(config, out, resume=args.resume,
                                               progress=False if args.no_progress else None)
             print(json.dumps({"run_dir": out, **{k: v for k, v in metrics.items() if k != "history"}}, indent=2))

@@ -33,9 +33,8 @@ tutorial's weighting. Measured (``benchmarks/RESULTS.md``): at 100 labels this d
 test accuracy of 0.63, below the same network trained on the 100 labels alone (0.77); a multiplier of
 5000 gives 0.79 (20 epochs, lr 4.2e-4). After 50 epochs at the default lr 1e-3 it gives 0.853 / 0.925 /
 0.933 / 0.950 at 100 / 600 / 1000 / 3000 labels, still below the Pyro tutorial's reported 0.93 / 0.94 /
-0.95 / 0.96. The tutorial's own
-example, re-run with Pyro 1.9 (seed 0, 50 epochs), gives 0.71 / 0.88 / 0.91 / 0.947 at 100 / 600 / 1000 /
-3000 labels: its table does not reproduce from its code either.
+0.95 / 0.96. The tutorial's own example, re-run with Pyro 1.9 (seed 0, 50 epochs), gives 0.71 / 0.88 /
+0.91 / 0.947 at 100 / 600 / 1000 / 3000 labels: its table does not reproduce from its code either.
 
 Data: MNIST with dynamic binarization by default (every training image re-binarized at each draw,
 the test set binarized once with a fixed seed; see :func:`pyrovae.data.load_mnist`), so the Bernoulli
