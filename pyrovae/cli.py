@@ -19,7 +19,7 @@ from .objectives import ELBOS
 from .priors import PRIORS
 from .structured import StructuredConfig
 from .semisupervised import M2Config
-from .train import RunDirError
+from .train import RunDirError, flush_denormals
 
 DEFAULTS = RunConfig()
 
@@ -220,6 +220,7 @@ def _default_run_dir(name: str) -> str:
     return f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{name}"
 
 
+@flush_denormals()  # evaluation and diagnostics on trained networks meet subnormals too
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -76,7 +76,7 @@ from .guides import DiagonalNormal
 from .likelihoods import LIKELIHOODS, Bernoulli
 from .models import check_data, data_plate
 from .priors import StandardNormal, check_prior
-from .train import make_optimizer, read_run_dir, resolve_device, write_metrics
+from .train import flush_denormals, make_optimizer, read_run_dir, resolve_device, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +578,7 @@ def load_m2_data(config: M2Config) -> tuple[ImageDataset, ImageDataset | None, I
                       train_size=config.train_size)
 
 
+@flush_denormals()
 def fit_m2(config: M2Config, run_dir: str | os.PathLike, resume: bool = False,
            data: tuple[ImageDataset, ImageDataset | None, ImageDataset] | None = None,
            progress: bool | None = None,

@@ -70,7 +70,7 @@ from .evaluate import eval_mode, importance_sampled
 from .models import data_plate
 from .nets import _mlp
 from .objectives import make_elbo
-from .train import make_optimizer, read_run_dir, resolve_device, write_metrics
+from .train import flush_denormals, make_optimizer, read_run_dir, resolve_device, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -585,6 +585,7 @@ def load_structured_data(config: StructuredConfig) -> tuple[ImageDataset, None, 
     return train, None, test
 
 
+@flush_denormals()
 def fit_structured(config: StructuredConfig, run_dir: str | os.PathLike, resume: bool = False,
                    data: tuple[ImageDataset, object, ImageDataset] | None = None, progress: bool | None = None,
                    on_epoch_end: Callable[[str, int, Path], None] | None = None) -> tuple[StructuredCVAE, list[dict]]:

@@ -289,3 +289,12 @@ def test_cli_semisupervised_bad_label_count_is_one_clear_error(tmp_path, capsys)
     assert main(["semisupervised", "--labels", "105", "--out", str(tmp_path / "r")]) == 2
     assert "num_labels=105" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_m2_trains_with_subnormals_flushed(tmp_path):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    seen = []
+    fit_m2(small_config(epochs=1), tmp_path / "run", data=separable_data(200), progress=False,
+           on_epoch_end=lambda *args: seen.append((torch.full((4,), 1e-39) * 1.0).max().item() == 0.0))
+    assert seen == [True] and (torch.full((4,), 1e-39) * 1.0).max().item() > 0

@@ -187,3 +187,30 @@ def test_the_run_config_states_how_the_kl_term_is_computed(tmp_path, elbo, prior
     fit(config, tmp_path, data=random_binary_data(128), progress=False)
     assert RunConfig.load(tmp_path / "config.json").kl_term == expected
     assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["kl_term"] == expected
+
+
+def _flushes() -> bool:
+    return (torch.full((4,), 1e-39) * 1.0).max().item() == 0.0  # 1e-39 is subnormal in float32
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_flush_denormals_flushes_inside_and_restores_the_previous_setting(before):
+    from pyrovae.train import flush_denormals
+
+    if not torch.set_flush_denormal(before):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    try:
+        with flush_denormals():
+            assert _flushes()
+        assert _flushes() == before
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_training_runs_with_subnormals_flushed_and_leaves_the_setting_alone(tmp_path):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    seen = []
+    fit(tiny_config(epochs=1), tmp_path, data=random_binary_data(64), progress=False,
+        on_epoch_end=lambda *args: seen.append(_flushes()))
+    assert seen == [True] and not _flushes()
