@@ -1,8 +1,8 @@
 """Semi-supervised M2 (Kingma et al. 2014): MNIST test accuracy from 100 / 600 / 1000 / 3000 labels (issue 4).
 
 One run per label count, everything else at :class:`pyrovae.semisupervised.M2Config`'s defaults (z_dim 50,
-one hidden layer of 500 softplus units, Adam lr 1e-3, unlabelled batches of 200 plus a labelled batch of
-100 per step, Kingma et al.'s alpha = 0.1 N, dynamically binarized training images, the test set binarized
+one hidden layer of 500 softplus units, Adam lr 3e-3, unlabelled batches of 200 plus a labelled batch of
+100 per step, Kingma et al.'s alpha = 0.1 N on every labelled image, dynamically binarized training images, the test set binarized
 once). As in the Pyro SS-VAE tutorial, 10,000 training images are held out for validation, so N = 50,000
 and the labelled subset is drawn from those (class-balanced, seed 0).
 

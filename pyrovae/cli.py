@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     m2.add_argument("--hidden", type=_hidden, default=md["hidden"].default, help="hidden sizes of every net")
     m2.add_argument("--likelihood", choices=tuple(LIKELIHOODS), default=md["likelihood"].default)
     m2.add_argument("--aux-loss-multiplier", type=float, default=None,
-                    help="weight on -log q(y|x) per labelled image; unset: Kingma et al.'s alpha = 0.1 N, "
-                         "i.e. 0.1 N / labels (the Pyro tutorial uses 46)")
+                    help="weight on -log q(y|x) per labelled image; unset: Kingma et al.'s alpha = 0.1 N "
+                         "(N training images) on every one; 0.1 N / labels is their weighting of the mean, "
+                         "46 the Pyro tutorial's")
     m2.add_argument("--batch-size", type=int, default=md["batch_size"].default, help="unlabelled images per step")
     m2.add_argument("--labelled-batch-size", type=int, default=md["labelled_batch_size"].default,
                     help="labelled images per step")

@@ -234,9 +234,9 @@ def test_fit_learns_to_classify_from_two_labels_per_class(tmp_path):
     assert metrics["aux_loss_multiplier"] == 10.0
 
 
-def test_default_aux_loss_multiplier_is_kingmas_alpha_per_labelled_image():
-    assert aux_loss_multiplier(M2Config(num_labels=100), 50_000) == pytest.approx(50.0)
-    assert aux_loss_multiplier(M2Config(num_labels=3000), 60_000) == pytest.approx(2.0)
+def test_default_aux_loss_multiplier_is_kingmas_alpha_on_every_labelled_image():
+    assert aux_loss_multiplier(M2Config(num_labels=100), 50_000) == pytest.approx(5000.0)
+    assert aux_loss_multiplier(M2Config(num_labels=3000), 60_000) == pytest.approx(6000.0)
     assert aux_loss_multiplier(M2Config(num_labels=100, aux_loss_multiplier=46), 50_000) == 46
 
 
