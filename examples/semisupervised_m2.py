@@ -9,11 +9,12 @@ minute on two CPU cores; for the published setting use ``pyrovae semisupervised 
 
 It prints the test accuracy after each epoch and writes ``samples_by_digit.png`` (one row per digit, one
 style z per column) and ``analogies.png`` (test images, each one's style with every label) to ``--out``.
+A folder that already holds a run is resumed (up to ``--epochs``), never overwritten.
 """
 
 import argparse
 import logging
-import shutil
+from pathlib import Path
 
 import torch
 
@@ -33,9 +34,9 @@ def main() -> None:
 
     config = M2Config(num_labels=args.labels, train_size=args.train_size, epochs=args.epochs, z_dim=16,
                       hidden=(256,), batch_size=100, lr=1e-3, data_dir=args.data_dir)
-    shutil.rmtree(args.out, ignore_errors=True)  # an example starts afresh; real runs resume instead
+    resume = (Path(args.out) / "checkpoint.pt").exists()  # never delete a folder: continue the run in it
     data = load_m2_data(config)
-    m2, history = fit_m2(config, args.out, data=data, progress=False)
+    m2, history = fit_m2(config, args.out, resume=resume, data=data, progress=False)
     for row in history:
         print(f"epoch {row['epoch']}: test accuracy {row['test_accuracy']:.4f}, "
               f"unlabelled ELBO {row['unlabelled_elbo']:.1f} nats")
