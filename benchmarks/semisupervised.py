@@ -85,6 +85,10 @@ def main() -> None:
     parser.add_argument("--aux-loss-multiplier", type=float, default=None,
                         help="weight on -log q(y|x) per labelled image (default: Kingma et al.'s 0.1 N / labels)")
     parser.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: M2Config's)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                        help="constant, or a half cosine to --final-lr-ratio over --epochs (default: M2Config's)")
+    parser.add_argument("--final-lr-ratio", type=float, default=None,
+                        help="the cosine schedule's last rate over its first (default: M2Config's)")
     parser.add_argument("--validation-size", type=int, default=10_000)
     parser.add_argument("--train-size", type=int, default=None, help="first N training images only (smoke tests)")
     parser.add_argument("--seed", type=int, default=0)
@@ -95,7 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    lr = {} if args.lr is None else {"lr": args.lr}
+    lr = {k: v for k, v in (("lr", args.lr), ("lr_schedule", args.lr_schedule),
+                                ("final_lr_ratio", args.final_lr_ratio)) if v is not None}
     rows = []
     for num_labels in args.labels:
         config = M2Config(num_labels=num_labels, epochs=args.epochs, aux_loss_multiplier=args.aux_loss_multiplier,

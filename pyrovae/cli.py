@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     m2.add_argument("--labelled-batch-size", type=int, default=md["labelled_batch_size"].default,
                     help="labelled images per step")
     m2.add_argument("--lr", type=float, default=md["lr"].default, help="Adam learning rate")
+    m2.add_argument("--lr-schedule", choices=("constant", "cosine"), default=md["lr_schedule"].default,
+                    help="constant, or a half cosine from --lr to --lr times --final-lr-ratio over --epochs")
+    m2.add_argument("--final-lr-ratio", type=float, default=md["final_lr_ratio"].default,
+                    help="the cosine schedule's last learning rate over its first")
     m2.add_argument("--binarization", choices=("dynamic", "static", "none"), default=md["binarization"].default,
                     help="none: grey values, which need a likelihood on [0, 1] such as continuous_bernoulli")
     m2.add_argument("--validation-size", type=int, default=md["validation_size"].default,
@@ -270,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 M2Config, num_labels=args.labels, epochs=args.epochs, z_dim=args.z_dim, hidden=args.hidden,
                 likelihood=args.likelihood, aux_loss_multiplier=args.aux_loss_multiplier,
                 batch_size=args.batch_size, labelled_batch_size=args.labelled_batch_size, lr=args.lr,
+                lr_schedule=args.lr_schedule, final_lr_ratio=args.final_lr_ratio,
                 binarization=args.binarization, validation_size=args.validation_size, train_size=args.train_size,
                 seed=args.seed, device=args.device, data_dir=args.data_dir)
             out = args.out or _default_run_dir(f"m2-{args.labels}labels")

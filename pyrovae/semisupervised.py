@@ -77,7 +77,7 @@ from .guides import DiagonalNormal
 from .likelihoods import LIKELIHOODS, Bernoulli
 from .models import check_data, data_plate
 from .priors import StandardNormal, check_prior
-from .train import flush_denormals, make_optimizer, read_run_dir, resolve_device, write_metrics
+from .train import lr_factor, flush_denormals, make_optimizer, read_run_dir, resolve_device, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +480,11 @@ class M2Config(SavedConfig):
     in 17 epochs the validation accuracy 1e-3 reaches in 50, and at every label count it ends higher.
     (The tutorial's example also trains faster than its nominal rate: it steps its auxiliary SVI on
     every mini-batch, and on unlabelled ones that zero loss still lets Adam step every parameter, which
-    halves Adam's second-moment estimate and moves the parameters about sqrt(2) times as far.) The
+    halves Adam's second-moment estimate and moves the parameters about sqrt(2) times as far.)
+    ``lr_schedule="cosine"`` anneals the rate by a half cosine to ``lr * final_lr_ratio`` over ``epochs``
+    (:func:`pyrovae.train.lr_factor`; resumed runs continue it where they stopped; extending ``epochs``
+    on resume stretches the schedule, so the rate jumps up); the default holds it constant, under
+    which the first E epochs of a longer run are exactly the E-epoch run. The
     labels' weight defaults to Kingma et al.'s alpha = 0.1 N on every labelled image (see the module
     docstring). One epoch is
     one pass over the unlabelled images; every step also takes a labelled batch of
@@ -501,6 +505,8 @@ class M2Config(SavedConfig):
     batch_size: PositiveInt = 200
     labelled_batch_size: PositiveInt = 100
     lr: PositiveFloat = 3e-3
+    lr_schedule: Literal["cosine", "constant"] = "constant"
+    final_lr_ratio: float = Field(0.01, gt=0, le=1)
     validation_size: int = Field(0, ge=0)
     train_size: Optional[PositiveInt] = None
     seed: int = 0
@@ -656,22 +662,29 @@ def fit_m2(config: M2Config, run_dir: str | os.PathLike, resume: bool = False,
                                 train.images.float() / (255.0 if train.images.dtype == torch.uint8 else 1.0))
     run_dir.mkdir(parents=True, exist_ok=True)
     m2.to(device)
-    optimizer = make_optimizer(m2.parameters(), config.lr)
-    history: list[dict] = []
-    start_epoch = 0
-    if state is not None:
-        m2.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start_epoch = list(state["history"]), int(state["epoch"])
-        restore_rng_state(state["rng"], generator, device)
-    config.save(run_dir / CONFIG)
-
     n_l, n_u = len(labelled), len(unlabelled)
     n = n_l + n_u
     multiplier = aux_loss_multiplier(config, n)
     objective = M2Objective(multiplier)
     labelled_batch = min(config.labelled_batch_size, n_l)
     steps = -(-n_u // config.batch_size)
+
+    optimizer = make_optimizer(m2.parameters(), config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps))
+    history: list[dict] = []
+    start_epoch = 0
+    if state is not None:
+        m2.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # runs saved before M2 had a schedule ran at a constant rate
+            scheduler.load_state_dict(state["scheduler"])
+            scheduler.lr_lambdas[0] = lr_factor(config, steps)  # over the (possibly extended) epochs
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        restore_rng_state(state["rng"], generator, device)
+        for group in optimizer.param_groups:  # the schedule's rate at the step resumed from
+            group.setdefault("initial_lr", config.lr)  # absent from runs saved before M2 had a schedule
+            group["lr"] = group["initial_lr"] * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    config.save(run_dir / CONFIG)
     log.info("M2: %d labelled and %d unlabelled images, aux_loss_multiplier %.4g", n_l, n_u, multiplier)
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -689,6 +702,7 @@ def fit_m2(config: M2Config, run_dir: str | os.PathLike, resume: bool = False,
                 optimizer.zero_grad(set_to_none=True)
                 (terms["loss"] / n).backward()
                 optimizer.step()
+                scheduler.step()
                 w = x_u.shape[0] / n_u  # this batch's share of an epoch
                 totals += w * torch.stack([terms[k].detach() for k in ("loss", "unlabelled", "labelled",
                                                                         "classification")])
@@ -704,7 +718,8 @@ def fit_m2(config: M2Config, run_dir: str | os.PathLike, resume: bool = False,
         log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
         save_checkpoint(ckpt_path, {
             "kind": "m2", "config": config.to_dict(), "epoch": epoch, "model": m2.state_dict(),
-            "optimizer": optimizer.state_dict(), "history": history, "labelled_indices": labelled_idx,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+            "labelled_indices": labelled_idx,
             "x_shape": list(train.x_shape),
             "rng": rng_state(generator, device),
         })

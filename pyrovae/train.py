@@ -85,7 +85,14 @@ def make_optimizer(params, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, fused=fused)
 
 
-def _lr_lambda(config: RunConfig, steps_per_epoch: int):
+def lr_factor(config, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate's factor at each optimizer step (0-based), for ``torch.optim.lr_scheduler.LambdaLR``.
+
+    ``config`` is any config with ``epochs``, ``lr_schedule`` and ``final_lr_ratio`` (:class:`RunConfig`,
+    :class:`pyrovae.semisupervised.M2Config`): 1 throughout for ``"constant"``; for ``"cosine"`` a half
+    cosine from 1 to ``final_lr_ratio`` over ``epochs * steps_per_epoch`` steps (Loshchilov & Hutter
+    2017, without restarts), held at ``final_lr_ratio`` after that.
+    """
     total = max(1, config.epochs * steps_per_epoch)
     if config.lr_schedule == "constant":
         return lambda step: 1.0
@@ -227,14 +234,14 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     validation_elbo = make_elbo(config.elbo, config.num_particles)  # the bound itself, not floored by free bits
     optimizer = make_optimizer(vae.parameters(), config.lr)
     steps = ctx.num_batches(len(train), config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps))
     history: list[dict] = []
     start_epoch = 0
     if state is not None:
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        scheduler.lr_lambdas[0] = _lr_lambda(config, steps)
+        scheduler.lr_lambdas[0] = lr_factor(config, steps)
         history, start_epoch = list(state["history"]), int(state["epoch"])
         restore_rng_state(state["rng"], generator, device)
         ctx.restore_rng_states(state["rng"].get("ranks"), sample_generator, config.seed, start_epoch)

@@ -262,6 +262,38 @@ def test_resumed_run_equals_an_uninterrupted_one_and_reloads_from_its_folder(tmp
         load_run(tmp_path / "b")
 
 
+def test_cosine_schedule_resumes_exactly_after_an_interruption_and_ends_at_its_final_rate(tmp_path, monkeypatch):
+    import pyrovae.semisupervised as ss
+
+    data = separable_data(300)
+    config = small_config(epochs=3, binarization="static", lr_schedule="cosine", final_lr_ratio=0.1)
+    straight, h_straight = fit_m2(config, tmp_path / "a", data=data, progress=False)
+    constant, _ = fit_m2(config.model_copy(update={"lr_schedule": "constant"}), tmp_path / "c", data=data,
+                         progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), constant.state_dict().values()))
+
+    save, saves = ss.save_checkpoint, []
+
+    def interrupted_after_epoch_one(*args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(ss, "save_checkpoint", interrupted_after_epoch_one)
+    with pytest.raises(KeyboardInterrupt):
+        fit_m2(config, tmp_path / "b", data=data, progress=False)
+    monkeypatch.undo()
+    assert load_m2_run(tmp_path / "b")[2]["epoch"] == 1
+    resumed, h_resumed = fit_m2(config, tmp_path / "b", resume=True, data=data, progress=False)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    drop = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert drop(h_straight) == drop(h_resumed)
+    state = load_m2_run(tmp_path / "b")[2]
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(config.lr * 0.1, rel=1e-12)
+
+
 # --- the command line ---------------------------------------------------------------------------------
 
 
