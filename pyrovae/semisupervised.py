@@ -487,7 +487,9 @@ class M2Config(SavedConfig):
     ``lr_schedule="cosine"`` anneals the rate by a half cosine to ``lr * final_lr_ratio`` over ``epochs``
     (:func:`pyrovae.train.lr_factor`; resumed runs continue it where they stopped; extending ``epochs``
     on resume stretches the schedule, so the rate jumps up); the default holds it constant, under
-    which the first E epochs of a longer run are exactly the E-epoch run. The
+    which the first E epochs of a longer run are exactly the E-epoch run. At 100 labels and 100 epochs
+    the cosine schedule ended 1.0-1.3 points below the constant rate on two seeds (``benchmarks/RESULTS.md``):
+    accuracy keeps rising at a constant 3e-3 for hundreds of epochs, and annealing stops that. The
     labels' weight defaults to Kingma et al.'s alpha = 0.1 N on every labelled image (see the module
     docstring). One epoch is
     one pass over the unlabelled images; every step also takes a labelled batch of
