@@ -74,7 +74,8 @@ def main() -> None:
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['labels']} | {r['seed']} | {r['lr_schedule']} | {r['epochs']} | "
-              f"{fmt(r['test_accuracy_at_best_validation'])} | {r['best_validation_epoch']} | {fmt(r['final_test_accuracy'])} | "
+              f"{fmt(r['test_accuracy_at_best_validation'])} | {r['best_validation_epoch']} | "
+              f"{fmt(r['final_test_accuracy'])} | "
               f"{fmt(r['pyro_tutorial_accuracy'])} | {fmt(r['kingma_m2_accuracy'])} |")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -159,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     md = M2Config.model_fields
     m2.add_argument("--labels", type=int, default=md["num_labels"].default,
                     help="labelled training images, equal per digit (100, 600, 1000, 3000); the rest unlabelled")
-    m2.add_argument("--epochs", type=int, default=md["epochs"].default, help="passes over the unlabelled images; 100 labels need about 300 to reach the Pyro tutorial's "
-                         "0.932 (about 22 s each on one CPU thread)")
+    m2.add_argument("--epochs", type=int, default=md["epochs"].default,
+                    help="passes over the unlabelled images; 100 labels need about 300 to reach the Pyro "
+                         "tutorial's 0.932 (22-50 s each on one CPU thread)")
     m2.add_argument("--z-dim", type=int, default=md["z_dim"].default)
     m2.add_argument("--hidden", type=_hidden, default=md["hidden"].default, help="hidden sizes of every net")
     m2.add_argument("--likelihood", choices=tuple(LIKELIHOODS), default=md["likelihood"].default)
