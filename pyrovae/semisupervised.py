@@ -80,7 +80,7 @@ from .guides import DiagonalNormal
 from .likelihoods import LIKELIHOODS, Bernoulli
 from .models import check_data, data_plate
 from .priors import StandardNormal, check_prior
-from .train import lr_factor, flush_denormals, make_optimizer, read_run_dir, resolve_device, write_metrics
+from .train import flush_denormals, lr_factor, make_optimizer, read_run_dir, resolve_device, write_metrics
 
 log = logging.getLogger(__name__)
 
