@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .checkpoint import atomic_write_bytes  # noqa: E402
+from .files import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -62,15 +62,30 @@ def plot_samples(samples: torch.Tensor, path, title: str = "samples from the pri
     return _image(tile(samples, side, side), title, path)
 
 
-def plot_elbo_curves(history: Sequence[dict], path) -> Path:
-    """Training (and validation) ELBO in nats per image against epoch."""
-    epochs = [h["epoch"] for h in history]
+#: The history's curves that :func:`plot_elbo_curves` draws, with their labels.
+CURVES = (("train_elbo", "train ELBO"), ("train_objective", "train objective (beta-weighted, or the IWAE bound)"),
+          ("validation_elbo", "validation ELBO"), ("validation_objective", "validation bound"))
+
+
+def plot_elbo_curves(history: Sequence[dict], path, stage: str | None = None) -> Path:
+    """The training objective, the ELBO (training, and validation where recorded) in nats per data point
+    against epoch, from a run's history rows (those of ``stage`` for a run trained in stages). The
+    objective is drawn apart from the ELBO only where they differ (KL warm-up, beta, IWAE, free bits)."""
+    rows = [h for h in history if stage is None or h.get("stage") == stage]
+    epochs = [h["epoch"] for h in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [h["train_elbo"] for h in history], label="train ELBO")
-    if history and "validation_elbo" in history[0]:
-        ax.plot(epochs, [h["validation_elbo"] for h in history], label="validation ELBO")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("ELBO (nats per image)")
+    drawn = []
+    for key, label in CURVES:
+        values = [h.get(key) for h in rows]
+        if any(v is None for v in values) or not values:
+            continue
+        twin = {"train_objective": "train_elbo", "validation_objective": "validation_elbo"}.get(key)
+        if twin in drawn and np.allclose(values, [h[twin] for h in rows]):
+            continue  # the same curve
+        ax.plot(epochs, values, label=label, linestyle="--" if "objective" in key else "-")
+        drawn.append(key)
+    ax.set_xlabel("epoch" if stage is None else f"epoch ({stage})")
+    ax.set_ylabel("nats per data point")
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -13,13 +13,14 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from pyrovae.checkpoint import load_run
-from pyrovae.cli import main
-from pyrovae.conditional import CVAE, LabeledView, evaluate_given_labels, log_likelihood_given_labels
-from pyrovae.config import ConfigError, ModelConfig, RunConfig, build_model, make_config
-from pyrovae.evaluate import log_importance_weights
-from pyrovae.priors import MixtureOfGaussians, VampPrior, kl_mode
-from pyrovae.train import fit
+from pyrovae.app.cli import main
+from pyrovae.components.priors import MixtureOfGaussians, VampPrior
+from pyrovae.errors import ArgumentTypeError, ConfigError, DataError, PyroVAEError
+from pyrovae.evaluation import evaluate, label_posterior, log_likelihood
+from pyrovae.inference import kl_method, kl_weight
+from pyrovae.models import CVAE, CVAEConfig, VAEConfig, family_for
+from pyrovae.settings import make_config
+from pyrovae.training import RunConfig, TrainerConfig, fit, load_run
 
 from .conftest import NormalLikelihood, random_binary_data
 
@@ -57,8 +58,10 @@ class LabelPosteriorEncoder(nn.Module):
         return torch.cat([loc, self.raw.expand_as(loc)], dim=-1)
 
 
-def linear_cvae(shift: float = 0.0, z_dim: int = 2, x_dim: int = 6, num_classes: int = 3, s: float = 0.5):
-    """``(cvae, x, y, exact log p(x | y))`` for 30 points drawn from the model."""
+def linear_cvae(shift: float = 0.0, z_dim: int = 2, x_dim: int = 6, num_classes: int = 3, s: float = 0.5,
+                all_labels: bool = False):
+    """``(cvae, x, y, exact log p(x | y))`` for 30 points drawn from the model; with ``all_labels`` the last
+    is ``(30, num_classes)``, log p(x | y = k) for every k."""
     g = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(x_dim, z_dim, generator=g))
     W = q * torch.linspace(2.0, 0.5, z_dim)
@@ -66,21 +69,23 @@ def linear_cvae(shift: float = 0.0, z_dim: int = 2, x_dim: int = 6, num_classes:
     cvae = CVAE(z_dim=z_dim, x_shape=(x_dim,), num_classes=num_classes, likelihood=NormalLikelihood(s),
                 encoder=LabelPosteriorEncoder(W, B, s, shift), decoder=LabelLinearDecoder(W, B))
     y = torch.arange(30) % num_classes
-    marginal = dist.MultivariateNormal(B[y], W @ W.T + s**2 * torch.eye(x_dim))
-    x = marginal.sample()
-    return cvae, x, y, marginal.log_prob(x)
+    cov = W @ W.T + s**2 * torch.eye(x_dim)
+    x = dist.MultivariateNormal(B[y], cov).sample()
+    if all_labels:
+        return cvae, x, y, dist.MultivariateNormal(B, cov).log_prob(x[:, None])
+    return cvae, x, y, dist.MultivariateNormal(B[y], cov).log_prob(x)
 
 
 def test_exact_guide_gives_the_exact_log_likelihood_given_labels():
     cvae, x, y, exact = linear_cvae()
-    out = log_likelihood_given_labels(cvae, x, y, num_samples=7, max_chunk=20)  # several chunks
+    out = log_likelihood(cvae.model, cvae.guide, x, y, num_samples=7, max_chunk=20)  # several chunks
     torch.testing.assert_close(out["log_likelihood"], exact, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(out["elbo"], exact, atol=1e-4, rtol=1e-5)
 
 
 def test_the_memory_cap_chunks_the_labelled_estimate_without_changing_it():
     cvae, x, y, exact = linear_cvae()
-    out = log_likelihood_given_labels(cvae, x, y, num_samples=50, max_memory_gb=2e-5, progress=False)
+    out = log_likelihood(cvae.model, cvae.guide, x, y, num_samples=50, max_memory_gb=2e-5, progress=False)
     assert out["plan"]["source"] == "max_memory_gb"
     assert out["plan"]["images_per_pass"] < x.shape[0] or out["plan"]["samples_per_pass"] < 50
     torch.testing.assert_close(out["log_likelihood"], exact, atol=1e-4, rtol=1e-5)
@@ -89,19 +94,30 @@ def test_the_memory_cap_chunks_the_labelled_estimate_without_changing_it():
 def test_log_likelihood_given_the_wrong_labels_is_lower():
     cvae, x, y, exact = linear_cvae()
     wrong = (y + 1) % cvae.num_classes
-    assert log_likelihood_given_labels(cvae, x, wrong, num_samples=200)["log_likelihood"].mean() < exact.mean() - 5
+    assert log_likelihood(cvae.model, cvae.guide, x, wrong, num_samples=200)["log_likelihood"].mean() < exact.mean() - 5
 
 
 def test_importance_sampling_bound_tightens_with_k_and_stays_below_log_p():
     cvae, x, y, exact = linear_cvae(shift=0.7)
     pyro.set_rng_seed(0)
-    m1 = log_likelihood_given_labels(cvae, x, y, num_samples=1)["log_likelihood"].mean()
-    m500 = log_likelihood_given_labels(cvae, x, y, num_samples=500)["log_likelihood"].mean()
+    m1 = log_likelihood(cvae.model, cvae.guide, x, y, num_samples=1)["log_likelihood"].mean()
+    m500 = log_likelihood(cvae.model, cvae.guide, x, y, num_samples=500)["log_likelihood"].mean()
     assert m1 < m500 < exact.mean() + 0.05
-    metrics = evaluate_given_labels(cvae, x, y, num_samples=50)
-    assert metrics["elbo_given_label_nats"] <= metrics["log_likelihood_given_label_nats"]
-    assert metrics["log_likelihood_given_label_bits_per_dim"] == pytest.approx(
-        -metrics["log_likelihood_given_label_nats"] / (6 * math.log(2)))
+    metrics = evaluate(cvae, {"x": x, "y": y}, num_samples=50)
+    assert metrics["log_likelihood_of"] == "log p(x | y)"
+    assert metrics["elbo_nats"] <= metrics["log_likelihood_nats"]
+    assert metrics["log_likelihood_bits_per_dim"] == pytest.approx(-metrics["log_likelihood_nats"] / (6 * math.log(2)))
+
+
+def test_label_posterior_of_the_exact_model_is_the_closed_form_bayes_rule():
+    """p(y | x) = p(x | y) p(y) / sum_k p(x | k) p(k) with a uniform p(y): from the one estimator, run once
+    per label, on a model whose log p(x | y) is known in closed form."""
+    cvae, x, y, exact = linear_cvae(all_labels=True)
+    out = label_posterior(cvae.model, cvae.guide, x, 3, num_samples=5, log_prior=torch.full((3,), -math.log(3)))
+    torch.testing.assert_close(out["log_joint"], exact - math.log(3), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(out["probabilities"], torch.softmax(exact, -1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["log_likelihood"], torch.logsumexp(exact, -1) - math.log(3), atol=1e-4, rtol=1e-5)
+    assert (out["prediction"] == exact.argmax(-1)).all()
 
 
 # --- the Pyro program ---------------------------------------------------------------------------------
@@ -196,7 +212,8 @@ def test_beta_weighs_exactly_the_kl_term(beta):
     pyro.set_rng_seed(0)
     loss_1 = elbo.differentiable_loss(cvae.model, cvae.guide, x, y)
     pyro.set_rng_seed(0)
-    loss_beta = elbo.differentiable_loss(cvae.model, cvae.guide, x, y, beta=beta)
+    with kl_weight(beta):
+        loss_beta = elbo.differentiable_loss(cvae.model, cvae.guide, x, y)
     pyro.set_rng_seed(0)
     z = poutine.trace(cvae.guide).get_trace(x, y).nodes["z"]["value"]
     recon = cvae.decode(z, y).log_prob(x).sum()
@@ -204,54 +221,47 @@ def test_beta_weighs_exactly_the_kl_term(beta):
     torch.testing.assert_close(loss_beta, -recon + beta * kl, rtol=1e-5, atol=1e-3)
 
 
-def test_labeled_view_runs_code_written_for_the_unconditional_vae():
+def test_labels_travel_as_arguments_through_every_estimator():
     cvae = CVAE(z_dim=3, hidden=(16,))
     x, y = binary_images(5), torch.tensor([2, 2, 3, 3, 9])
-    view = cvae.with_labels(y)
-    assert isinstance(view, LabeledView) and view.z_dim == 3 and view.prior is cvae.prior
-    assert list(view.parameters()) == list(cvae.parameters())
-    assert kl_mode(cvae.with_labels(0)) == "analytic"
-    pyro.set_rng_seed(0)
-    log_w = log_importance_weights(view, x, 8)
-    assert log_w.shape == (8, 5) and torch.isfinite(log_w).all()
-    pyro.set_rng_seed(0)
-    a = Trace_ELBO().differentiable_loss(view.model, view.guide, x)
-    pyro.set_rng_seed(0)
-    b = Trace_ELBO().differentiable_loss(cvae.model, cvae.guide, x, y)
-    torch.testing.assert_close(a, b)
+    assert cvae.program_args({"x": x, "y": y}) == (x, y)
+    assert kl_method(cvae.model, cvae.guide, x, y) == "analytic"
+    out = log_likelihood(cvae.model, cvae.guide, x, y, num_samples=8)
+    assert out["log_likelihood"].shape == (5,) and torch.isfinite(out["log_likelihood"]).all()
+    assert (out["elbo"] <= out["log_likelihood"] + 1e-4).all()
 
 
 # --- bad input: one clear ValueError each ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("y, message", [
-    (torch.tensor([0, 1, 10]), "outside 0..9"),
-    (torch.tensor([0, -1, 2]), "outside 0..9"),
-    (torch.tensor([0.0, 1.0, 2.0]), "dtype torch.float32"),
-    (torch.tensor([True, False, True]), "dtype torch.bool"),
-    (torch.tensor([[0, 1, 2]]), "shape (1, 3)"),
-    (torch.tensor([0, 1]), "shape (2,); labels must have shape (3,)"),
+    (torch.tensor([0, 1, 10]), "labels must be in [0, 10), got 1 outside it (e.g. 10)"),
+    (torch.tensor([0, -1, 2]), "(e.g. -1)"),
+    (torch.tensor([0.0, 1.0, 2.0]), "integer dtype (torch.int64), got torch.float32"),
+    (torch.tensor([True, False, True]), "got torch.bool"),
+    (torch.tensor([[0, 1, 2]]), "got shape (1, 3)"),
+    (torch.tensor([0, 1]), "got 2 labels for 3 data points"),
     ([0, 1, 2], "torch.as_tensor"),
 ])
-def test_bad_labels_get_one_clear_value_error(y, message):
+def test_bad_labels_get_one_clear_error(y, message):
     cvae = CVAE(z_dim=2, hidden=(8,))
     x = binary_images(3)
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(PyroVAEError, match=re.escape(message)):
         cvae.check_labels(y, x)
-    with pytest.raises(ValueError):
+    with pytest.raises(PyroVAEError):
         cvae.encode(x, y)
-    with pytest.raises(ValueError):  # Pyro's validation (on by default) checks the labels in the programs
+    with pytest.raises(PyroVAEError):  # Pyro's validation (on by default) checks the labels in the programs
         Trace_ELBO().differentiable_loss(cvae.model, cvae.guide, x, y)
 
 
-def test_bad_digits_in_sample_get_one_clear_value_error():
+def test_bad_digits_in_sample_get_one_clear_error():
     cvae = CVAE(z_dim=2, hidden=(8,))
     for digit in (10, -1):
-        with pytest.raises(ValueError, match=f"digit {digit} is outside 0..9"):
+        with pytest.raises(DataError, match=f"digit {digit} is outside 0..9"):
             cvae.sample(digit, 2)
-    with pytest.raises(ValueError, match="dtype torch.float32"):
+    with pytest.raises(DataError, match="torch.float32"):
         cvae.sample(torch.tensor([3.0]), 2)
-    with pytest.raises(ValueError, match="n=0 must be a positive integer"):
+    with pytest.raises(ConfigError, match="n=0 must be a positive integer"):
         cvae.sample(3, 0)
 
 
@@ -259,39 +269,40 @@ def test_plugins_are_those_of_the_vae_and_the_vamp_prior_is_refused():
     cvae = CVAE(z_dim=2, hidden=(8,), prior=MixtureOfGaussians(2, num_components=3))
     x, y = binary_images(4), torch.tensor([0, 1, 2, 3])
     assert torch.isfinite(Trace_ELBO().differentiable_loss(cvae.model, cvae.guide, x, y))
-    with pytest.raises(ValueError, match="needs a label"):
+    with pytest.raises(ConfigError, match="needs a label"):
         CVAE(z_dim=2, hidden=(8,), prior=VampPrior(2, num_components=4))
     with pytest.raises(ConfigError, match="conditional"):
-        make_config(ModelConfig, conditional=True, prior="vamp")
+        make_config(CVAEConfig, prior="vamp")
     with pytest.raises(ConfigError, match="num_classes"):
-        make_config(ModelConfig, conditional=True, num_classes=1)
+        make_config(CVAEConfig, num_classes=1)
 
 
 # --- training, reload, CLI ---------------------------------------------------------------------------
 
 
 def test_one_epoch_fit_and_reload_round_trip(tmp_path):
-    config = RunConfig(model=ModelConfig(z_dim=3, hidden=(32,), conditional=True, network="conv"), epochs=1,
-                       batch_size=32, beta=2.0, kl_warmup_epochs=0)
+    config = RunConfig(model=CVAEConfig(z_dim=3, hidden=(32,), network="conv"),
+                       trainer=TrainerConfig(epochs=1, batch_size=32, beta=2.0, kl_warmup_epochs=0))
     data = random_binary_data(128)
     cvae, history = fit(config, tmp_path, data=data, progress=False)
     assert isinstance(cvae, CVAE) and history[0]["beta"] == 2.0 and math.isfinite(history[0]["train_elbo"])
-    reloaded, saved, _ = load_run(tmp_path)
-    assert isinstance(reloaded, CVAE) and saved.model.conditional and saved.kl_term == "analytic"
+    reloaded, saved, state = load_run(tmp_path)
+    assert isinstance(reloaded, CVAE) and saved.kind == state["kind"] == "cvae"
+    assert json.loads((tmp_path / "metrics.json").read_text())["training"]["kl_term"] == "analytic"
     x, y = data[2].images[:8], data[2].labels[:8]
     torch.testing.assert_close(reloaded.encode(x, y)["loc"], cvae.encode(x, y)["loc"])
     pyro.set_rng_seed(0)
     a = reloaded.sample(torch.arange(10), 2)
     pyro.set_rng_seed(0)
     torch.testing.assert_close(a, cvae.sample(torch.arange(10), 2))
-    assert isinstance(build_model(saved.model), CVAE)
+    assert isinstance(family_for(saved.kind).from_config(saved.model), CVAE)
 
 
 def test_fit_refuses_labels_outside_the_range(tmp_path):
     train, _, test = random_binary_data(64)
     train.labels[3] = 10
-    config = RunConfig(model=ModelConfig(z_dim=2, hidden=(8,), conditional=True), epochs=1)
-    with pytest.raises(ValueError, match=r"labels \[10\] outside 0..9"):
+    config = RunConfig(model=CVAEConfig(z_dim=2, hidden=(8,)), trainer=TrainerConfig(epochs=1))
+    with pytest.raises(DataError, match=r"labels must be in \[0, 10\), got 1 outside it \(e.g. 10\)"):
         fit(config, tmp_path, data=(train, None, test), progress=False)
 
 
@@ -302,8 +313,8 @@ def test_cli_trains_a_conditional_run_and_samples_a_digit(tmp_path, mnist_root, 
                  "--train-size", "500", "--eval-num-samples", "2", "--data-dir", str(mnist_root),
                  "--out", str(run), "--no-progress"]) == 0
     test = json.loads((run / "metrics.json").read_text())["test"]
-    assert test["elbo_given_label_nats"] <= test["log_likelihood_given_label_nats"] < 0
-    assert "log_likelihood_nats" not in test  # the keys say it is log p(x | y)
+    assert test["elbo_nats"] <= test["log_likelihood_nats"] < 0
+    assert test["log_likelihood_of"] == "log p(x | y)"  # the report says it is log p(x | y)
     names = {p.name for p in run.iterdir()}
     assert {"samples_by_digit.png", "reconstructions.png", "latent_manifold_digit0.png"} <= names
     capsys.readouterr()
@@ -318,11 +329,11 @@ def test_cli_trains_a_conditional_run_and_samples_a_digit(tmp_path, mnist_root, 
 
     monkeypatch.setenv("PYROVAE_DATA", str(mnist_root))
     assert main(["evaluate", str(run), "-k", "2", "--no-progress"]) == 0
-    assert "log_likelihood_given_label_nats" in json.loads(capsys.readouterr().out)
+    assert json.loads(capsys.readouterr().out)["log_likelihood_of"] == "log p(x | y)"
 
 
 def test_cli_sample_digit_of_an_unconditional_run_is_refused(tmp_path, capsys):
-    config = RunConfig(model=ModelConfig(z_dim=2, hidden=(8,)), epochs=1, batch_size=64)
+    config = RunConfig(model=VAEConfig(z_dim=2, hidden=(8,)), trainer=TrainerConfig(epochs=1, batch_size=64))
     fit(config, tmp_path, data=random_binary_data(64), progress=False)
     assert main(["sample", str(tmp_path), "--digit", "3"]) == 2
     assert "unconditional VAE; --digit and --manifold need a run trained with --conditional" in \

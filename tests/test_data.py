@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae.data import (MNIST_FILES, DataError, binarize, dequantize, load_mnist, load_mnist_arrays,
+from pyrovae.errors import DataError
+from pyrovae.data import (MNIST_FILES, binarize, dequantize, load_mnist, load_mnist_arrays,
                           read_idx, resolve_data_root)
 
 
@@ -126,7 +127,7 @@ def test_load_mnist_shapes_splits_and_binarizations(mnist_root):
 @pytest.mark.mnist
 def test_batches_cover_every_image_once(mnist_root):
     train, _, _ = load_mnist(mnist_root, "static", train_size=1000)
-    seen = torch.cat([y for _, y in train.batches(128, generator=torch.Generator().manual_seed(0))])
+    seen = torch.cat([b["y"] for b in train.batches(128, generator=torch.Generator().manual_seed(0))])
     assert seen.shape == (1000,)
     assert torch.equal(seen.sort().values, train.labels.sort().values)
 
@@ -139,7 +140,7 @@ def test_md5_of_shared_readme_table_matches_the_code():
 
 def _fake_mirror(tmp_path, monkeypatch):
     """A file:// mirror serving small valid IDX .gz files, with the checksums patched to theirs."""
-    import pyrovae.data as data
+    import pyrovae.data.mnist as data
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     patched = {}
@@ -154,7 +155,7 @@ def _fake_mirror(tmp_path, monkeypatch):
 
 
 def test_download_verifies_checksums_and_then_loads(tmp_path, monkeypatch):
-    import pyrovae.data as data
+    import pyrovae.data.mnist as data
     url = _fake_mirror(tmp_path, monkeypatch)
     raw = data.download_mnist(tmp_path / "root", mirrors=("file:///nonexistent/", url))
     assert sorted(p.name for p in raw.iterdir()) == sorted(n + ".gz" for n in MNIST_FILES)
@@ -163,7 +164,7 @@ def test_download_verifies_checksums_and_then_loads(tmp_path, monkeypatch):
 
 
 def test_download_with_a_bad_checksum_leaves_nothing_behind(tmp_path, monkeypatch):
-    import pyrovae.data as data
+    import pyrovae.data.mnist as data
     url = _fake_mirror(tmp_path, monkeypatch)
     name = "train-images-idx3-ubyte"
     md5, _, magic, shape = data.MNIST_FILES[name]

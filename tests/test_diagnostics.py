@@ -12,9 +12,11 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from pyrovae import VAE
-from pyrovae.checkpoint import save_checkpoint
-from pyrovae.cli import main
-from pyrovae.config import ModelConfig, RunConfig, build_model
+from pyrovae.app.cli import main
+from pyrovae.errors import ConfigError, DataError, PyroVAEError
+from pyrovae.models import VAEConfig
+from pyrovae.training import RunConfig
+from pyrovae.training.checkpoint import save_checkpoint
 from pyrovae.diagnostics import (
     KHAT_BAD, KHAT_GOOD, LocalGuide, amortization_gap, diagnose, latent_traversal, mcmc_reference, posterior_collapse,
     posterior_samples, psis_khat, save_netcdf, to_inference_data)
@@ -34,7 +36,7 @@ def exact_posterior(z_dim=3, **kw):
 def nuts_run():
     vae, x, _, loc, sd = exact_posterior(z_dim=2)
     # two worker processes (the CPU default on two cores), so the parallel path is the one tested
-    return vae, x, loc, sd, mcmc_reference(vae, x[0], num_samples=200, warmup=200, num_chains=2, seed=1,
+    return vae, x, loc, sd, mcmc_reference(vae.model, x[:1], num_samples=200, warmup=200, num_chains=2, seed=1,
                                            jit_compile=True, num_workers=2)
 
 
@@ -44,7 +46,7 @@ def nuts_run():
 def test_exact_posterior_guide_gives_khat_below_half_and_full_ess():
     vae, x, _ = ppca()
     pyro.set_rng_seed(0)
-    out = psis_khat(posterior_samples(vae, x[:16], 1000)["log_weights"])
+    out = psis_khat(posterior_samples(vae.model, vae.guide, x[:16], num_samples=1000)["log_weights"])
     assert (out["khat"] < KHAT_GOOD).all()
     torch.testing.assert_close(out["ess_fraction"], torch.ones(16, dtype=torch.float64), atol=1e-6, rtol=0)
 
@@ -54,7 +56,7 @@ def test_slightly_wide_and_wide_guides_give_khat_below_half():
     for scale_factor in (1.05, 1.5):
         vae, x, _ = ppca(scale_factor=scale_factor)
         pyro.set_rng_seed(0)
-        khat = psis_khat(posterior_samples(vae, x, 2000)["log_weights"])["khat"]
+        khat = psis_khat(posterior_samples(vae.model, vae.guide, x, num_samples=2000)["log_weights"])["khat"]
         assert (khat < KHAT_GOOD).all(), (scale_factor, khat.max())
 
 
@@ -63,7 +65,7 @@ def test_too_narrow_guide_gives_khat_above_0_7_near_the_gaussian_tail_index():
     r = 0.3
     vae, x, _ = ppca(scale_factor=r)
     pyro.set_rng_seed(0)
-    khat = psis_khat(posterior_samples(vae, x, 4000)["log_weights"])["khat"]
+    khat = psis_khat(posterior_samples(vae.model, vae.guide, x, num_samples=4000)["log_weights"])["khat"]
     assert (khat > KHAT_BAD).double().mean() >= 0.85
     assert abs(khat.mean().item() - (1 - r ** 2)) < 0.1
 
@@ -78,13 +80,13 @@ def test_ess_is_the_normalized_kong_formula():
 
 
 def test_psis_khat_refuses_bad_input():
-    with pytest.raises(ValueError, match="num_samples, num_images"):
+    with pytest.raises(PyroVAEError, match="num_samples, num_images"):
         psis_khat(torch.zeros(100))
-    with pytest.raises(ValueError, match="S >= 25"):
+    with pytest.raises(PyroVAEError, match="S >= 25"):
         psis_khat(torch.zeros(10, 3))
     bad = torch.zeros(100, 2)
     bad[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(PyroVAEError, match="NaN"):
         psis_khat(bad)
 
 
@@ -109,7 +111,7 @@ def test_nuts_chains_in_worker_processes_are_the_chains_of_one_process(nuts_run)
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))  # the threads of each of the two workers
     try:
-        sequential = mcmc_reference(vae, x[0], num_samples=200, warmup=200, num_chains=2, seed=1,
+        sequential = mcmc_reference(vae.model, x[:1], num_samples=200, warmup=200, num_chains=2, seed=1,
                                     jit_compile=True, num_workers=1)
     finally:
         torch.set_num_threads(threads)
@@ -121,12 +123,12 @@ def test_nuts_chains_in_worker_processes_are_the_chains_of_one_process(nuts_run)
 
 def test_mcmc_reference_refuses_one_chain_and_a_batch():
     vae, x, _ = ppca(z_dim=2)
-    with pytest.raises(ValueError, match="num_chains"):
-        mcmc_reference(vae, x[0], num_chains=1)
-    with pytest.raises(ValueError, match="one image"):
-        mcmc_reference(vae, x[:2])
-    with pytest.raises(ValueError, match="num_workers"):
-        mcmc_reference(vae, x[0], num_workers=0)
+    with pytest.raises(PyroVAEError, match="num_chains"):
+        mcmc_reference(vae.model, x[:1], num_chains=1)
+    with pytest.raises(PyroVAEError, match="one data point"):
+        mcmc_reference(vae.model, x[:2])
+    with pytest.raises(PyroVAEError, match="num_workers"):
+        mcmc_reference(vae.model, x[:1], num_workers=0)
 
 
 # --- gaps ---------------------------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def test_gaps_do_not_depend_on_how_the_images_are_chunked():
     torch.testing.assert_close(chunked["optimized_params"]["loc"], whole["optimized_params"]["loc"])
     for key in ("elbo", "elbo_optimized", "log_likelihood"):  # estimates of the same numbers, other draws
         assert ((chunked[key] - whole[key]).abs() < 6 * whole["elbo_stderr"] + 0.05).all(), key
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(DataError, match="rows"):
         LocalGuide(vae.guide_family, vae.encoder(x[:10]))(x[:4])
 
 
@@ -181,11 +183,11 @@ def test_svi_on_local_parameters_recovers_the_exact_posterior_from_a_bad_guide()
 
 def test_amortization_gap_refuses_bad_settings():
     vae, x, _ = ppca()
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(PyroVAEError, match="lr"):
         amortization_gap(vae, x[:2], lr=0)
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(PyroVAEError, match="steps"):
         amortization_gap(vae, x[:2], steps=-1)
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(PyroVAEError, match="unknown"):
         amortization_gap(vae, x[:2], elbo="ELBO")
 
 
@@ -197,21 +199,21 @@ def test_a_dimension_the_encoder_ignores_is_inactive_with_zero_kl():
     with torch.no_grad():  # make dimension 2 of q(z|x) the prior N(0, 1) for every x
         vae.encoder.A[2] = 0.0
         vae.encoder.raw[2] = math.log(math.expm1(1 - 1e-4))
-    out = posterior_collapse(vae, x)
+    out = posterior_collapse(vae.model, vae.guide, x)
     assert out["active"].tolist() == [True, True, False] and out["active_units"] == 2
     assert out["kl_per_dimension"][2].abs() < 1e-4 and (out["kl_per_dimension"][:2] > 0.1).all()
 
 
 def test_latent_traversal_moves_one_dimension_per_row():
-    vae, _, _ = ppca(z_dim=3)
+    vae, x, _ = ppca(z_dim=3)
     centre = torch.tensor([0.1, -0.2, 0.3])
-    out = latent_traversal(vae, centre, dims=[0, 2], offsets=[-1.0, 0.0, 1.0])
+    out = latent_traversal(vae.model, x[:1], z=centre, dims=[0, 2], offsets=[-1.0, 0.0, 1.0])
     assert out.shape == (2, 3, 8)
     W, b = vae.decoder.W.detach(), vae.decoder.b.detach()
     torch.testing.assert_close(out[1, 2], (centre + torch.tensor([0, 0, 1.0])) @ W.T + b)
     torch.testing.assert_close(out[0, 1], out[1, 1])
-    with pytest.raises(ValueError, match="out of range"):
-        latent_traversal(vae, centre, dims=[3], offsets=[0.0])
+    with pytest.raises(ConfigError, match="out of range"):
+        latent_traversal(vae.model, x[:1], z=centre, dims=[3], offsets=[0.0])
 
 
 # --- ArviZ --------------------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def test_latent_traversal_moves_one_dimension_per_row():
 
 def test_inference_data_round_trips_through_netcdf(tmp_path, nuts_run):
     vae, x, _, _, ref = nuts_run
-    samples = posterior_samples(vae, x[:3], 40)
+    samples = posterior_samples(vae.model, vae.guide, x[:3], num_samples=40)
     psis = psis_khat(samples["log_weights"])
     idata = to_inference_data(samples, image_ids=[0, 5, 9], psis=psis, reference={0: ref})
     path = save_netcdf(idata, tmp_path / "d.nc")
@@ -239,7 +241,7 @@ def test_inference_data_round_trips_through_netcdf(tmp_path, nuts_run):
 
 def test_to_inference_data_refuses_mismatched_ids():
     samples = {"z": torch.zeros(30, 2, 3), "log_weights": torch.zeros(30, 2)}
-    with pytest.raises(ValueError, match="image_ids"):
+    with pytest.raises(PyroVAEError, match="image_ids"):
         to_inference_data(samples, image_ids=[1, 1])
 
 
@@ -283,18 +285,18 @@ def test_diagnose_writes_every_file_and_the_report_references_each_figure(tmp_pa
 def test_diagnose_refuses_more_mcmc_images_than_images(tmp_path):
     vae = VAE(z_dim=2, hidden=(8,))
     x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.2))
-    with pytest.raises(ValueError, match="mcmc_images=3"):
+    with pytest.raises(PyroVAEError, match="mcmc_images=3"):
         diagnose(vae, x, tmp_path, num_images=2, mcmc_images=3)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.mnist
 def test_cli_diagnose_writes_into_the_run_folder(tmp_path, mnist_root, capsys):
-    config = RunConfig(model=ModelConfig(z_dim=2, hidden=(16,)), data_dir=str(mnist_root))
+    config = RunConfig(model=VAEConfig(z_dim=2, hidden=(16,)), data={"data_dir": str(mnist_root)})
     run = tmp_path / "run"
     run.mkdir()
-    save_checkpoint(run / "checkpoint.pt", {"config": config.to_dict(), "epoch": 0,
-                                            "model": build_model(config.model).state_dict()})
+    save_checkpoint(run / "checkpoint.pt", {"kind": "vae", "config": config.to_dict(), "epoch": 0,
+                                            "model": VAE.from_config(config.model).state_dict()})
     code = main(["diagnose", str(run), "--num-images", "3", "--num-samples", "40", "--mcmc-images", "1",
                  "--mcmc-samples", "20", "--mcmc-warmup", "20", "--gap-steps", "3", "--ll-samples", "10",
                  "--data-dir", str(mnist_root)])

@@ -9,6 +9,7 @@ and ``torchrun -m pyrovae train`` on an MNIST slice. The tests then check what t
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -24,15 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":  # worker mode: torchrun runs this file with tests/ as sys.path[0]
     sys.path.insert(0, str(REPO))
 
-from pyrovae.checkpoint import load_checkpoint, load_run  # noqa: E402
-from pyrovae.config import ModelConfig, RunConfig  # noqa: E402
 from pyrovae.data import ImageDataset  # noqa: E402
-from pyrovae.distributed import (DistributedContext, cleanup, derive_seed, init_distributed,  # noqa: E402
-                                 is_main_process, num_batches, padded_size, shard_batches)
-from pyrovae.evaluate import log_likelihood  # noqa: E402
-from pyrovae.models import VAE  # noqa: E402
-from pyrovae.objectives import make_elbo  # noqa: E402
-from pyrovae.train import RunDirError, fit, make_optimizer, train_step  # noqa: E402
+from pyrovae.errors import ConfigError, DataError, RunDirError  # noqa: E402
+from pyrovae.evaluation import log_likelihood  # noqa: E402
+from pyrovae.inference.objectives import make_elbo  # noqa: E402
+from pyrovae.models import VAE, M2Config, StructuredConfig, VAEConfig  # noqa: E402
+from pyrovae.training import RunConfig, TrainerConfig, fit, make_optimizer  # noqa: E402
+from pyrovae.training.checkpoint import load_checkpoint, load_run  # noqa: E402
+from pyrovae.training.distributed import (DistributedContext, cleanup, derive_seed, init_distributed,  # noqa: E402
+                                          is_main_process, num_batches, padded_size, shard_batches)
 
 WORLD = 2
 BATCH = 8  # the global batch of the step test; each process gets half
@@ -76,9 +77,30 @@ def fit_data() -> tuple[ImageDataset, ImageDataset, ImageDataset]:
             ImageDataset(x[291:], labels[291:], "static"))
 
 
-def fit_config(**kw) -> RunConfig:
-    return RunConfig(**{**dict(model=ModelConfig(z_dim=3, hidden=(32,)), epochs=3, batch_size=16, lr=3e-3,
-                               kl_warmup_epochs=1), **kw})
+def fit_config(epochs: int = 3) -> RunConfig:
+    return RunConfig(model=VAEConfig(z_dim=3, hidden=(32,)),
+                     trainer=TrainerConfig(epochs=epochs, batch_size=16, lr=3e-3, kl_warmup_epochs=1))
+
+
+#: M2 (paired labelled and unlabelled batches, 2 classes) and the structured-output CVAE (two stages) on
+#: the same data, under DDP too.
+OTHER_FAMILIES = {
+    "m2": RunConfig(model=M2Config(num_labels=20, num_classes=2, z_dim=2, hidden=(16,), labelled_batch_size=10),
+                    trainer=TrainerConfig(epochs=2, batch_size=16)),
+    "structured": RunConfig(model=StructuredConfig(z_dim=2, hidden=(16,), baseline_epochs=1),
+                            trainer=TrainerConfig(epochs=1, batch_size=16)),
+}
+
+
+def step_loss(vae: VAE, elbo, x: torch.Tensor) -> torch.Tensor:
+    """The loss of a training step on ``x``: the VAE's loss record (the negative ELBO per image)."""
+    return vae.objective_record(elbo, {"x": x}, NUM_DATA).loss
+
+
+def adam_step(loss_fn, optimizer) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    optimizer.step()
 
 
 class Stop(Exception):
@@ -92,20 +114,20 @@ def _worker(out: Path) -> None:
     rank = ctx.rank
     half = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
 
-    # (a) one DDP step on halves of a batch, then Adam steps through train_step
+    # (a) one DDP step on halves of a batch, then Adam steps, through the loss module DDP wraps
     x, eps = step_inputs()
     torch.manual_seed(100 + rank)  # the replicas start different: DDP must broadcast rank 0's
     vae, elbo = tiny_vae(), make_elbo()
     own_init = {k: v.clone() for k, v in vae.state_dict().items()}
-    ddp = ctx.wrap(vae, elbo)
+    ddp = ctx.wrap(vae, lambda batch: vae.objective_record(elbo, batch, NUM_DATA))
     init = {k: v.clone() for k, v in vae.state_dict().items()}
     with FixedNoise(eps[0, half]):
-        (ddp(x[half], num_data=NUM_DATA) / NUM_DATA).backward()
+        ddp({"x": x[half]})[0].backward()
     grads = {name: p.grad.clone() for name, p in vae.named_parameters()}
     optimizer = make_optimizer(vae.parameters(), 1e-2)
     for k in range(ADAM_STEPS):
         with FixedNoise(eps[k, half]):
-            train_step(vae, elbo, optimizer, x[half], NUM_DATA, 1.0, ddp)
+            adam_step(lambda: ddp({"x": x[half]})[0], optimizer)
     del ddp
     torch.save({"own_init": own_init, "init": init, "grads": grads, "adam": vae.state_dict()},
                out / f"step_rank{rank}.pt")
@@ -117,18 +139,19 @@ def _worker(out: Path) -> None:
     pyro.set_rng_seed(0)  # the same data on every process
     ppca_vae, ppca_x, exact = ppca()
     pyro.set_rng_seed(ctx.seed(0))  # different draws
-    shared = log_likelihood(ppca_vae, ppca_x[:NUM_LL_IMAGES], num_samples=7, max_chunk=20, context=ctx)
+    shared = log_likelihood(ppca_vae.model, ppca_vae.guide, ppca_x[:NUM_LL_IMAGES], num_samples=7, max_chunk=20,
+                            context=ctx)
     torch.save({**{k: v for k, v in shared.items() if k != "plan"}, "exact": exact[:NUM_LL_IMAGES]},
                out / f"ll_rank{rank}.pt")
     try:
-        log_likelihood(ppca_vae, ppca_x[:1], num_samples=3, context=ctx)
+        log_likelihood(ppca_vae.model, ppca_vae.guide, ppca_x[:1], num_samples=3, context=ctx)
         too_few = None
-    except ValueError as e:
+    except DataError as e:
         too_few = str(e)
 
     # the validation ELBO's reduction: a per-image mean over shards, weighed by shard size
     data = fit_data()
-    shard_mean = ctx.mean_over_shards(lambda d: d.images.sum((1, 2, 3)).mean().item(), data[1])
+    shard_mean = ctx.mean_over_shards(lambda d: {"sum": d.images.sum((1, 2, 3)).mean().item()}, data[1])["sum"]
 
     # fit: straight; refused without --resume; interrupted after epoch 2 and resumed. Rank 1 is given
     # folders of its own, which must stay absent: rank 0 alone writes.
@@ -142,8 +165,8 @@ def _worker(out: Path) -> None:
     except RunDirError as e:
         refused = str(e)
 
-    def stop_after_epoch_2(epoch, vae, path):
-        if epoch == 2:
+    def stop_after_epoch_2(model, row, path):
+        if row["epoch"] == 2:
             raise Stop
 
     try:
@@ -155,6 +178,13 @@ def _worker(out: Path) -> None:
                 "too_few": too_few,
                 "model": model.state_dict(), "resumed_model": resumed_model.state_dict()},
                out / f"fit_rank{rank}.pt")
+
+    # the other families through the same trainer under DDP
+    others = {}
+    for name, config in OTHER_FAMILIES.items():
+        other, history = fit(config, folder(name), data=data, progress=False)
+        others[name] = {"model": other.state_dict(), "history": history}
+    torch.save(others, out / f"others_rank{rank}.pt")
 
 
 # --- launching -----------------------------------------------------------------------------------------
@@ -208,21 +238,21 @@ def test_shards_partition_each_global_batch_of_the_padded_permutation(n, world, 
               for r in range(world)]
     assert all(len(s) == num_batches(n, batch, world) for s in shards)
     for i, step in enumerate(zip(*shards)):
-        sizes = {len(y) for _, y in step}
+        sizes = {len(b["y"]) for b in step}
         assert len(sizes) == 1 and sizes.pop() <= batch  # the same size on every process
-        got = torch.cat([y for _, y in step]).sort().values
+        got = torch.cat([b["y"] for b in step]).sort().values
         assert torch.equal(got, padded[i * batch * world:(i + 1) * batch * world].sort().values)
-    seen = torch.cat([y for s in shards for _, y in s])
+    seen = torch.cat([b["y"] for s in shards for b in s])
     assert len(seen) == total and set(seen.tolist()) == set(range(n))  # all images; total - n repeated
 
 
 def test_bad_shard_arguments_get_one_clear_error():
     data = ImageDataset(torch.zeros(4, 1, 2, 2), torch.arange(4), "static")
-    with pytest.raises(ValueError, match="0 <= rank < world_size; got batch_size=2, rank=2, world_size=2"):
+    with pytest.raises(ConfigError, match="0 <= rank < world_size; got batch_size=2, rank=2, world_size=2"):
         shard_batches(data, 2, 2, 2)
-    with pytest.raises(ValueError, match="batch_size=0"):
+    with pytest.raises(ConfigError, match="batch_size=0"):
         shard_batches(data, 0, 0, 2)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ConfigError, match="empty"):
         shard_batches(ImageDataset(torch.zeros(0, 1, 2, 2), torch.zeros(0), "static"), 2, 0, 2)
 
 
@@ -242,8 +272,8 @@ def test_shards_with_one_process_are_the_single_process_batches():
     a = list(DistributedContext().batches(data, 4, torch.Generator().manual_seed(0)))
     b = list(data.batches(4, generator=torch.Generator().manual_seed(0)))
     assert len(a) == len(b) == num_batches(11, 4) == 3
-    for (xa, ya), (xb, yb) in zip(a, b):
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for ba, bb in zip(a, b):
+        assert torch.equal(ba["x"], bb["x"]) and torch.equal(ba["y"], bb["y"])
 
 
 def test_single_process_context_does_the_plain_operations():
@@ -251,7 +281,7 @@ def test_single_process_context_does_the_plain_operations():
     assert not ctx.enabled and ctx.is_main and ctx.seed(7) == 7
     t = torch.tensor(2.5)
     assert ctx.all_reduce_sum(t) is t and ctx.on_main(lambda: 3) == 3
-    assert ctx.wrap(tiny_vae(), make_elbo()) is None and ctx.rng_states(torch.Generator()) is None
+    assert ctx.wrap(tiny_vae(), lambda batch: None) is None and ctx.rng_states(torch.Generator()) is None
     assert init_distributed("cpu") == ctx  # no torchrun variables: one process
 
 
@@ -265,21 +295,21 @@ def test_seeds_differ_between_processes_and_streams():
 def test_missing_or_bad_torchrun_variables_get_one_clear_error(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(ValueError, match="torchrun"):
+    with pytest.raises(ConfigError, match="torchrun"):
         init_distributed("cpu", enabled=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ValueError, match="MASTER_ADDR, MASTER_PORT missing"):
+    with pytest.raises(ConfigError, match="MASTER_ADDR, MASTER_PORT missing"):
         init_distributed("cpu")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "1")
-    with pytest.raises(ValueError, match="backend='tcp' is unknown"):
+    with pytest.raises(ConfigError, match="backend='tcp' is unknown"):
         init_distributed("cpu", backend="tcp")
     monkeypatch.setenv("RANK", "2")
-    with pytest.raises(ValueError, match=r"RANK=2 must be in \[0, WORLD_SIZE=2\)"):
+    with pytest.raises(ConfigError, match=r"RANK=2 must be in \[0, WORLD_SIZE=2\)"):
         init_distributed("cpu")
     monkeypatch.setenv("WORLD_SIZE", "two")
-    with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not an integer"):
         init_distributed("cpu")
     assert init_distributed("cpu", enabled=False) == DistributedContext()
 
@@ -324,7 +354,7 @@ def test_ddp_adam_steps_are_the_single_process_steps_on_the_global_batch(worker_
     optimizer = make_optimizer(vae.parameters(), 1e-2)
     for k in range(ADAM_STEPS):
         with FixedNoise(eps[k]):
-            train_step(vae, elbo, optimizer, x, NUM_DATA, 1.0)
+            adam_step(lambda: step_loss(vae, elbo, x), optimizer)
     assert any(not torch.allclose(a, b) for a, b in zip(vae.state_dict().values(), steps[0]["init"].values()))
     for step in steps:
         _assert_state_close(step["adam"], vae.state_dict(), rtol=1e-4, atol=1e-5)
@@ -347,6 +377,16 @@ def test_replicas_agree_and_history_is_the_all_reduced_mean(worker_out):
     history = fits[0]["straight"]
     assert len(history) == 3 and all(set(row) >= {"train_elbo", "validation_elbo", "beta", "lr"} for row in history)
     assert history[-1]["train_elbo"] > history[0]["train_elbo"]
+
+
+@pytest.mark.parametrize("family", sorted(OTHER_FAMILIES))
+def test_every_family_trains_under_ddp_with_replicas_that_agree(worker_out, family):
+    ranks = [r[family] for r in _ranks(worker_out, "others")]
+    _assert_state_close(ranks[0]["model"], ranks[1]["model"], rtol=0, atol=0)
+    assert _without_seconds(ranks[0]["history"]) == _without_seconds(ranks[1]["history"])
+    assert all(math.isfinite(v) for row in ranks[0]["history"] for k, v in row.items() if k.startswith("train_"))
+    _, _, state = load_run(worker_out / family)
+    assert state["world_size"] == WORLD and state["kind"] == OTHER_FAMILIES[family].kind
 
 
 def test_rank_0_alone_writes_the_run_folder(worker_out):
@@ -391,7 +431,7 @@ def test_resumed_run_continues_exactly(worker_out):
 def test_checkpoint_reloads_and_resumes_in_one_process(worker_out, tmp_path):
     vae, config, state = load_run(worker_out / "straight")
     _assert_state_close(vae.state_dict(), _ranks(worker_out, "fit")[0]["model"], rtol=0, atol=0)
-    assert config.batch_size == fit_config().batch_size and state["world_size"] == WORLD
+    assert config.trainer.batch_size == fit_config().trainer.batch_size and state["world_size"] == WORLD
     assert len(state["rng"]["ranks"]) == WORLD
     metrics = json.loads((worker_out / "straight" / "metrics.json").read_text())
     assert _without_seconds(metrics["history"]) == _without_seconds(state["history"])
@@ -407,7 +447,7 @@ def test_checkpoint_reloads_and_resumes_in_one_process(worker_out, tmp_path):
 
 @pytest.mark.mnist
 def test_torchrun_train_reaches_the_test_elbo_of_one_process_with_the_same_global_batch(tmp_path, mnist_root):
-    from pyrovae.cli import main
+    from pyrovae.app.cli import main
 
     common = ["--z-dim", "4", "--hidden", "64", "--epochs", "5", "--lr", "3e-3", "--train-size", "2000",
               "--kl-warmup-epochs", "0", "--eval-num-samples", "2", "--data-dir", str(mnist_root), "--no-progress"]

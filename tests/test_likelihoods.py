@@ -15,8 +15,8 @@ from pyro.infer import TraceMeanField_ELBO
 from scipy import integrate, special, stats
 
 from pyrovae import VAE
-from pyrovae import likelihoods as L
-from pyrovae.config import ModelConfig, build_model
+from pyrovae.components import likelihoods as L
+from pyrovae.models import VAEConfig
 
 # (registry name, constructor options): every shipped likelihood, and each option that changes num_params
 CASES = [
@@ -346,7 +346,7 @@ def test_registry_names_are_snake_case_and_build_models_by_name():
         assert re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*", name)
         lik = cls((6,))
         assert isinstance(lik, torch.nn.Module) and lik.num_params >= 1 and callable(lik.check_support)
-        vae = build_model(ModelConfig(likelihood=name, x_shape=(6,), hidden=(8,), z_dim=2))
+        vae = VAE.from_config(VAEConfig(likelihood=name, x_shape=(6,), hidden=(8,), z_dim=2))
         assert type(vae.likelihood) is cls
 
 

@@ -5,7 +5,9 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyrovae import VAE
-from pyrovae.config import ModelConfig, build_model
+from pyrovae.errors import ArgumentTypeError, ConfigError, DataError
+from pyrovae.inference import kl_weight
+from pyrovae.models import VAEConfig, family_for
 
 
 @pytest.mark.parametrize("network", ["mlp", "conv"])
@@ -62,19 +64,22 @@ def test_model_parameters_never_enter_the_global_param_store():
 ])
 def test_bad_input_gets_one_clear_error(bad, message):
     vae = VAE(z_dim=2, hidden=(8,))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):
         vae.encode(bad)
+    with pytest.raises(ArgumentTypeError, match="torch.Tensor"):
+        vae.encode(bad.numpy())
 
 
 def test_a_prior_with_the_wrong_event_shape_is_refused():
-    from pyrovae.priors import StandardNormal
-    with pytest.raises(ValueError, match=r"event shape \(3,\).*\(z_dim,\) = \(5,\)"):
+    from pyrovae.components.priors import StandardNormal
+    with pytest.raises(ConfigError, match=r"event shape \(3,\).*\(z_dim,\) = \(5,\)"):
         VAE(z_dim=5, prior=StandardNormal(3))
 
 
-def test_build_model_follows_the_config():
-    vae = build_model(ModelConfig(network="mlp", z_dim=7, hidden=(20, 10)))
-    assert vae.z_dim == 7
+def test_the_registry_builds_the_model_its_config_describes():
+    config = VAEConfig(network="mlp", z_dim=7, hidden=(20, 10))
+    vae = family_for(config.kind).from_config(config)
+    assert type(vae) is VAE and vae.z_dim == 7 and vae.config == config
     assert [m.out_features for m in vae.encoder.net if hasattr(m, "out_features")] == [20, 10, 14]
     assert [m.out_features for m in vae.decoder.net if hasattr(m, "out_features")] == [10, 20, 784]
 
@@ -92,24 +97,29 @@ def test_beta_weighs_exactly_the_kl_term(beta):
         torch.manual_seed(1)
         loss_1 = elbo.differentiable_loss(vae.model, vae.guide, x)
         torch.manual_seed(1)
-        loss_beta = elbo.differentiable_loss(vae.model, vae.guide, x, beta=beta)
+        with kl_weight(beta):
+            loss_beta = elbo.differentiable_loss(vae.model, vae.guide, x)
         q = vae.encode(x)
         kl = (0.5 * (q["loc"] ** 2 + q["scale"] ** 2 - 1) - q["scale"].log()).sum()
     torch.testing.assert_close(loss_beta - loss_1, (beta - 1) * kl, rtol=1e-4, atol=1e-3)
 
 
 def test_kl_warmup_rises_linearly_to_beta_and_stays():
-    from pyrovae.config import RunConfig
-    from pyrovae.train import kl_weight
-    config = RunConfig(beta=2.0, kl_warmup_epochs=2)
-    weights = [kl_weight(config, step, steps_per_epoch=5) for step in range(15)]
+    from pyrovae.training import kl_weight_at
+    weights = [kl_weight_at(2.0, 2, step, steps_per_epoch=5) for step in range(15)]
     assert weights[0] == pytest.approx(0.2) and weights[4] == pytest.approx(1.0)
     assert weights[9:] == [2.0] * 6
     assert all(b > a for a, b in zip(weights[:10], weights[1:10]))
-    assert kl_weight(RunConfig(kl_warmup_epochs=0), 0, 5) == 1.0
+    assert kl_weight_at(1.0, 0, 0, 5) == 1.0
 
 
-def test_beta_must_be_positive():
+def test_kl_weight_scales_the_latent_sites_only_and_only_those_named():
     vae = VAE(z_dim=2, hidden=(8,))
-    with pytest.raises(ValueError, match="beta must be a positive number"):
-        Trace_ELBO().differentiable_loss(vae.model, vae.guide, torch.zeros(2, 1, 28, 28), beta=0.0)
+    x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.3))
+    with kl_weight(0.25):
+        guide_trace = poutine.trace(vae.guide).get_trace(x)
+        model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    assert guide_trace.nodes["z"]["scale"] == model_trace.nodes["z"]["scale"] == 0.25
+    assert model_trace.nodes["x"]["scale"] == 1.0
+    with kl_weight(0.25, sites=("w",)):
+        assert poutine.trace(vae.guide).get_trace(x).nodes["z"]["scale"] == 1.0

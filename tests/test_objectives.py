@@ -12,32 +12,68 @@ from torch import nn
 from torch.distributions import kl_divergence
 
 from pyrovae import VAE
-from pyrovae.cli import _train_config, build_parser, main
-from pyrovae.config import ConfigError, ModelConfig, RunConfig
-from pyrovae.guides import LowRankNormal
-from pyrovae.objectives import (IWAE, FreeBitsELBO, NoClosedFormKLError, free_bits_kl, kl_per_dim, make_elbo,
-                               particle_log_weights)
-from pyrovae.priors import MixtureOfGaussians
-from pyrovae.train import fit
+from pyrovae.app.cli import build_parser, main, run_config
+from pyrovae.components.guides import LowRankNormal
+from pyrovae.components.priors import MixtureOfGaussians
+from pyrovae.errors import ConfigError, UnsupportedError
+from pyrovae.evaluation import log_likelihood
+from pyrovae.inference import ELBO, kl_weight
+from pyrovae.inference.objectives import (IWAE, FreeBitsELBO, NoClosedFormKLError, NotFactorizedError, free_bits_kl,
+                                          kl_per_dim, make_elbo)
+from pyrovae.models import VAEConfig
+from pyrovae.training import RunConfig, TrainerConfig, fit
 
 from .conftest import LinearDecoder, NormalLikelihood, logmeanexp, ppca, random_binary_data
 
 
-def seeded(seed, fn, *args, **kwargs):
+def seeded(seed, fn, *args, beta: float = 1.0, **kwargs):
+    """``fn(*args, **kwargs)`` after seeding, with the latent sites weighed by ``beta`` (``kl_weight``)."""
     pyro.set_rng_seed(seed)
-    return fn(*args, **kwargs)
+    with kl_weight(beta):
+        return fn(*args, **kwargs)
 
 
-def direct_log_weights(vae, x, num_particles, beta=1.0):
-    """log p(x|z) + beta (log p(z) - log q(z|x)) from the VAE's parts, without Pyro's traces:
+def direct_log_weights(vae, x, num_particles, weight=1.0):
+    """log p(x|z) + weight (log p(z) - log q(z|x)) from the VAE's parts, without Pyro's traces:
     ``(num_particles, batch)``; the same draws as a Pyro trace under the same seed."""
     q = vae.guide_family(vae.encoder(x))
     z = q.rsample((num_particles,))
-    return vae.likelihood(vae.decoder(z)).log_prob(x) + beta * (vae.prior().log_prob(z) - q.log_prob(z))
+    return vae.likelihood(vae.decoder(z)).log_prob(x) + weight * (vae.prior().log_prob(z) - q.log_prob(z))
 
 
 def renyi(num_particles):
     return RenyiELBO(alpha=0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+
+
+# --- the ELBO with its terms ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+@pytest.mark.parametrize("num_particles", [1, 3])
+@pytest.mark.parametrize("analytic_kl, pyros", [(True, TraceMeanField_ELBO), (False, Trace_ELBO)])
+def test_elbo_equals_pyros_elbo_draw_for_draw_and_its_terms_add_up(analytic_kl, pyros, num_particles, beta):
+    vae, x, _ = ppca(shift=0.5, scale_factor=1.5)
+    ours = seeded(11, ELBO(num_particles, analytic_kl).loss_terms, vae.model, vae.guide, x, num_data=640, beta=beta)
+    ours["loss"].backward()
+    grads = {name: p.grad.clone() for name, p in vae.named_parameters()}
+    vae.zero_grad()
+    theirs = seeded(11, pyros(num_particles=num_particles, vectorize_particles=num_particles > 1,
+                              max_plate_nesting=1).differentiable_loss, vae.model, vae.guide, x, num_data=640, beta=beta)
+    theirs.backward()
+    torch.testing.assert_close(ours["loss"], theirs)
+    for name, p in vae.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    torch.testing.assert_close(ours["objective"], -ours["loss"])
+    torch.testing.assert_close(ours["objective"], ours["reconstruction"] - beta * ours["kl"])
+    torch.testing.assert_close(ours["elbo"], ours["reconstruction"] - ours["kl"])
+    assert ours["kl"] > 0
+
+
+def test_elbo_kl_term_is_the_closed_form_kl_scaled_to_the_data_set():
+    vae, x, _ = ppca(shift=0.5, scale_factor=1.5)
+    terms = ELBO().loss_terms(vae.model, vae.guide, x, num_data=10 * x.shape[0])
+    q = vae.guide_family(vae.encoder(x))
+    torch.testing.assert_close(terms["kl"], 10 * kl_divergence(q, vae.prior().expand(q.batch_shape)).sum())
 
 
 # --- IWAE -------------------------------------------------------------------------------------------------
@@ -85,7 +121,7 @@ def test_iwae_bound_is_log_px_for_every_num_particles_with_the_exact_posterior(n
 def test_iwae_weighs_the_latent_log_densities_by_beta_inside_each_weight():
     vae, x, _ = ppca(shift=0.5, scale_factor=1.5)
     bound = seeded(3, IWAE(6).bound, vae.model, vae.guide, x, beta=0.3)
-    torch.testing.assert_close(bound, logmeanexp(seeded(3, direct_log_weights, vae, x, 6, beta=0.3), 0))
+    torch.testing.assert_close(bound, logmeanexp(seeded(3, direct_log_weights, vae, x, 6, weight=0.3), 0))
 
 
 def test_iwae_scales_the_bound_by_num_data_over_batch_outside_the_logsumexp():
@@ -142,14 +178,13 @@ def test_iwae_gradient_is_renyi_elbos_importance_weighted_gradient(small_vae):
         torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_evaluation_log_weights_are_the_training_log_weights():
-    from pyrovae.evaluate import log_importance_weights
+def test_the_evaluators_log_likelihood_is_the_iwae_bound_of_the_same_draws():
+    """One estimator: log_likelihood with K samples in one pass is IWAE's L_K, draw for draw."""
     vae, x, _ = ppca(shift=0.5, scale_factor=1.5)
     with torch.no_grad():
-        a, scale = seeded(8, particle_log_weights, vae.model, vae.guide, 9, x)
-    b = seeded(8, log_importance_weights, vae, x, 9)
-    assert scale == 1.0 and a.shape == b.shape == (9, x.shape[0])
-    torch.testing.assert_close(a, b)
+        bound = seeded(8, IWAE(9).bound, vae.model, vae.guide, x)
+    out = seeded(8, log_likelihood, vae.model, vae.guide, x, num_samples=9, max_chunk=9 * x.shape[0], progress=False)
+    torch.testing.assert_close(out["log_likelihood"], bound)
 
 
 def _discrete_model(x):
@@ -175,9 +210,9 @@ def _global_guide(x):
 
 def test_iwae_refuses_guides_without_rsample_and_sites_outside_the_data_plate():
     x = torch.randn(5)
-    with pytest.raises(ValueError, match="site 'c' has a Bernoulli distribution without rsample"):
+    with pytest.raises(ConfigError, match="site 'c' has a Bernoulli distribution without rsample"):
         IWAE(3).differentiable_loss(_discrete_model, _discrete_guide, x)
-    with pytest.raises(ValueError, match="site 'mu' is in plates"):
+    with pytest.raises(ConfigError, match="site 'mu' is in plates"):
         IWAE(3).differentiable_loss(_global_model, _global_guide, x)
 
 
@@ -262,15 +297,19 @@ def test_free_bits_at_zero_is_the_elbo_and_above_zero_is_below_it(analytic_kl, p
     zero = seeded(10, FreeBitsELBO(0.0, 3, analytic_kl).loss, vae.model, vae.guide, x, **kwargs)
     assert zero == pytest.approx(elbo, rel=1e-5)
     assert seeded(10, FreeBitsELBO(1.0, 3, analytic_kl).loss, vae.model, vae.guide, x, **kwargs) > zero
+    terms = seeded(10, FreeBitsELBO(1.0, 3, analytic_kl).loss_terms, vae.model, vae.guide, x, **kwargs)
+    plain_terms = seeded(10, ELBO(3, analytic_kl).loss_terms, vae.model, vae.guide, x, **kwargs)
+    for name in ("elbo", "reconstruction", "kl"):  # the unfloored terms of the same draws
+        torch.testing.assert_close(terms[name], plain_terms[name], rtol=1e-5, atol=1e-3)
 
 
 def test_free_bits_refuses_priors_and_guides_that_do_not_factorize():
     x = random_binary_data(16)[0].images[:4]
     mixture = VAE(z_dim=2, hidden=(8,), prior=MixtureOfGaussians(2, num_components=3))
-    with pytest.raises(ValueError, match="prior DiagonalNormalMixture does not factorize"):
+    with pytest.raises(NotFactorizedError, match="prior DiagonalNormalMixture does not factorize"):
         FreeBitsELBO(0.25).differentiable_loss(mixture.model, mixture.guide, x)
     low_rank = VAE(z_dim=2, hidden=(8,), guide_family=LowRankNormal(2, rank=1))
-    with pytest.raises(ValueError, match="guide LowRankMultivariateNormal does not factorize"):
+    with pytest.raises(UnsupportedError, match="guide LowRankMultivariateNormal does not factorize"):
         FreeBitsELBO(0.25).differentiable_loss(low_rank.model, low_rank.guide, x)
 
 
@@ -283,7 +322,8 @@ def test_make_elbo_builds_iwae_and_free_bits_and_refuses_their_combination():
     fb = make_elbo("TraceMeanField_ELBO", 2, free_bits=0.25)
     assert isinstance(fb, FreeBitsELBO) and fb.free_bits == 0.25 and fb.analytic_kl and fb.num_particles == 2
     assert not make_elbo("Trace_ELBO", free_bits=0.25).analytic_kl
-    assert isinstance(make_elbo("TraceMeanField_ELBO", free_bits=0.0), TraceMeanField_ELBO)
+    plain = make_elbo("TraceMeanField_ELBO", free_bits=0.0)
+    assert isinstance(plain, ELBO) and plain.analytic_kl and not make_elbo("Trace_ELBO").analytic_kl
     with pytest.raises(ValueError, match="IWAE bound does not have"):
         make_elbo("IWAE", 5, free_bits=0.25)
     with pytest.raises(ValueError, match="num_particles"):
@@ -291,38 +331,40 @@ def test_make_elbo_builds_iwae_and_free_bits_and_refuses_their_combination():
     with pytest.raises(ValueError, match="unknown"):
         make_elbo("VIMCO")
     with pytest.raises(ConfigError, match="free_bits=0.25"):
-        RunConfig.from_dict({"elbo": "IWAE", "free_bits": 0.25})
+        RunConfig.from_dict({"trainer": {"elbo": "IWAE", "free_bits": 0.25}})
     with pytest.raises(ConfigError, match="free_bits"):
-        RunConfig.from_dict({"free_bits": -1})
+        RunConfig.from_dict({"trainer": {"free_bits": -1}})
 
 
-@pytest.mark.parametrize("objective, kl_term", [({"elbo": "IWAE", "num_particles": 5}, "monte_carlo"),
+@pytest.mark.parametrize("objective, kl_term", [({"elbo": "IWAE", "num_particles": 5}, None),
                                                 ({"free_bits": 0.5}, "analytic")])
 def test_fit_trains_with_the_objective_and_records_it(tmp_path, objective, kl_term):
-    config = RunConfig(model=ModelConfig(z_dim=3, hidden=(16,)), epochs=2, batch_size=32, lr=3e-3,
-                       kl_warmup_epochs=1, **objective)
+    config = RunConfig(model=VAEConfig(z_dim=3, hidden=(16,), x_shape=(1, 28, 28)),
+                       trainer=TrainerConfig(epochs=2, batch_size=32, lr=3e-3, kl_warmup_epochs=1, **objective))
     _, history = fit(config, tmp_path, data=random_binary_data(128), progress=False)
     assert [h["epoch"] for h in history] == [1, 2]
-    assert all(math.isfinite(h["train_elbo"]) and h["train_elbo"] < 0 for h in history)
+    assert all(math.isfinite(h["train_objective"]) and h["train_objective"] < 0 for h in history)
     saved = json.loads((tmp_path / "config.json").read_text())
-    assert {k: saved[k] for k in objective} == objective and saved["kl_term"] == kl_term
-    assert RunConfig.load(tmp_path / "config.json") == config.model_copy(update={"kl_term": kl_term})
+    assert {k: saved["trainer"][k] for k in objective} == objective
+    assert json.loads((tmp_path / "metrics.json").read_text())["training"]["kl_term"] == kl_term
+    assert RunConfig.load(tmp_path / "config.json") == config
 
 
 def test_fit_validates_on_the_elbo_not_on_the_free_bits_objective(tmp_path):
     train, _, test = random_binary_data(128)
-    config = RunConfig(model=ModelConfig(z_dim=3, hidden=(16,)), epochs=1, batch_size=32, kl_warmup_epochs=0,
-                       free_bits=50.0)  # a floor of 150 nats per image, far above this model's KL
-    _, history = fit(config, tmp_path, data=(train, test, test), progress=False)
-    assert history[0]["validation_elbo"] > history[0]["train_elbo"] + 100
+    config = RunConfig(model=VAEConfig(z_dim=3, hidden=(16,)),
+                       trainer=TrainerConfig(epochs=1, batch_size=32, kl_warmup_epochs=0, free_bits=50.0))
+    _, history = fit(config, tmp_path, data=(train, test, test), progress=False)  # a floor of 150 nats per image
+    assert history[0]["validation_objective"] > history[0]["train_objective"] + 100
+    assert history[0]["validation_objective"] == history[0]["validation_elbo"]
+    assert history[0]["train_elbo"] > history[0]["train_objective"] + 100  # the ELBO of the same pass, unfloored
 
 
 def test_cli_parses_the_objective_flags(tmp_path, capsys):
-    args = build_parser().parse_args(["train", "--elbo", "IWAE", "--num-particles", "50"])
-    config = _train_config(args)
-    assert (config.elbo, config.num_particles, config.free_bits) == ("IWAE", 50, 0.0)
-    config = _train_config(build_parser().parse_args(["train", "--free-bits", "0.25"]))
-    assert (config.elbo, config.free_bits) == ("TraceMeanField_ELBO", 0.25)
+    config = run_config("train", build_parser().parse_args(["train", "--elbo", "IWAE", "--num-particles", "50"]))
+    assert (config.trainer.elbo, config.trainer.num_particles, config.trainer.free_bits) == ("IWAE", 50, 0.0)
+    config = run_config("train", build_parser().parse_args(["train", "--free-bits", "0.25"]))
+    assert (config.trainer.elbo, config.trainer.free_bits) == ("TraceMeanField_ELBO", 0.25)
     assert main(["train", "--elbo", "IWAE", "--free-bits", "0.25", "--out", str(tmp_path / "r")]) == 2
     assert "IWAE bound does not have" in capsys.readouterr().err and not (tmp_path / "r").exists()
     assert main(["train", "--free-bits", "-1", "--out", str(tmp_path / "r")]) == 2
@@ -336,5 +378,5 @@ def test_cli_trains_an_iwae_run(tmp_path, mnist_root):
                  "--epochs", "1", "--train-size", "300", "--eval-num-samples", "2", "--data-dir", str(mnist_root),
                  "--out", str(run), "--no-progress"]) == 0
     saved = json.loads((run / "config.json").read_text())
-    assert (saved["elbo"], saved["num_particles"], saved["kl_term"]) == ("IWAE", 3, "monte_carlo")
+    assert (saved["trainer"]["elbo"], saved["trainer"]["num_particles"]) == ("IWAE", 3)
     assert json.loads((run / "metrics.json").read_text())["test"]["log_likelihood_nats"] < 0

@@ -11,13 +11,16 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from torch.nn import functional as F
 
-from pyrovae.config import ConfigError
-from pyrovae.data import ImageDataset
-from pyrovae.semisupervised import (
-    M2, LabelConditionedMLP, M2Config, M2Objective, aux_loss_multiplier, balanced_labelled_subset, check_labels,
-    fit_m2, load_m2_run,
-)
-from pyrovae.train import RunDirError
+from pyrovae.components.nets import LabelConditionedMLP
+from pyrovae.data import DataConfig, ImageDataset
+from pyrovae.errors import ArgumentTypeError, ConfigError, DataError, PyroVAEError, RunDirError
+from pyrovae.models import check_labels
+from pyrovae.models.m2 import M2, M2Config, M2Objective, aux_loss_multiplier, balanced_labelled_subset
+from pyrovae.training import RunConfig, TrainerConfig, fit, load_run
+
+
+def fit_m2(config: RunConfig, run_dir, **kwargs):
+    return fit(config, run_dir, **kwargs)
 
 
 def tiny_m2(**kwargs) -> M2:
@@ -139,12 +142,14 @@ def test_balanced_subset_has_equal_classes_is_seeded_and_partitions_the_set():
 
 def test_balanced_subset_rejects_unbalanced_or_impossible_sizes():
     labels = torch.arange(10).repeat(20)  # 20 images per class
-    with pytest.raises(ValueError, match="multiple of 10"):
+    with pytest.raises(ConfigError, match="multiple of 10"):
         balanced_labelled_subset(labels, 105)
-    with pytest.raises(ValueError, match="needs 30 images of every class"):
+    with pytest.raises(ConfigError, match="needs 30 images of every class"):
         balanced_labelled_subset(labels, 300)
     with pytest.raises(ConfigError, match="num_labels=105"):
         M2Config.from_dict({"num_labels": 105})
+    with pytest.raises(ConfigError, match="num_labels=30 must be a multiple of num_classes=4"):
+        M2Config.from_dict({"num_labels": 30, "num_classes": 4})
 
 
 @pytest.mark.parametrize("labels, message", [
@@ -154,19 +159,19 @@ def test_balanced_subset_rejects_unbalanced_or_impossible_sizes():
     (F.one_hot(torch.tensor([0, 1, 2]), 10), r"shape \(3,\)"),
     (torch.tensor([0, 10, 2]), r"in \[0, 10\).*e\.g\. 10"),
     (torch.tensor([0, -1, 2]), r"in \[0, 10\).*e\.g\. -1"),
-    (torch.tensor([0, 1]), "got 2 labels for 3 images"),
+    (torch.tensor([0, 1]), "got 2 labels for 3 data points"),
     ([0, 1, 2], "torch.Tensor"),
 ])
-def test_bad_labels_get_one_clear_value_error(labels, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_labels_get_one_clear_error(labels, message):
+    with pytest.raises(PyroVAEError, match=message):
         check_labels(labels, batch=3)
 
 
 def test_fit_rejects_out_of_range_training_labels(tmp_path):
     train, _, test = separable_data(300)
     train.labels[5] = 10
-    with pytest.raises(ValueError, match=r"in \[0, 10\)"):
-        fit_m2(M2Config(epochs=1), tmp_path / "r", data=(train, None, test))
+    with pytest.raises(DataError, match=r"in \[0, 10\)"):
+        fit_m2(small_config(epochs=1), tmp_path / "r", data=(train, None, test))
     assert not (tmp_path / "r").exists()
 
 
@@ -189,13 +194,13 @@ def test_classify_gives_one_valid_label_per_image():
 
 def test_classify_and_generate_reject_bad_input():
     m2 = M2(z_dim=4, hidden=(32,))
-    with pytest.raises(ValueError, match=r"x has shape \(7, 784\)"):
+    with pytest.raises(DataError, match=r"x has shape \(7, 784\)"):
         m2.classify(torch.zeros(7, 784))
-    with pytest.raises(ValueError, match="binarize"):
+    with pytest.raises(DataError, match="binarize"):
         m2.classify(torch.full((2, 1, 28, 28), 0.5))
-    with pytest.raises(ValueError, match=r"in \[0, 10\)"):
+    with pytest.raises(DataError, match=r"in \[0, 10\)"):
         m2.generate(torch.tensor([3, 11]))
-    with pytest.raises(ValueError, match=r"z must have shape \(2, 4\)"):
+    with pytest.raises(DataError, match=r"z must have shape \(2, 4\)"):
         m2.generate(torch.tensor([3, 1]), torch.zeros(2, 5))
 
 
@@ -215,10 +220,14 @@ def separable_data(n: int, seed: int = 0, flip: float = 0.05) -> tuple[ImageData
     return draw(n), None, draw(200)
 
 
-def small_config(**kwargs) -> M2Config:
-    values = dict(num_labels=20, z_dim=4, hidden=(32,), epochs=2, batch_size=50, labelled_batch_size=20,
-                  lr=3e-3, aux_loss_multiplier=10.0)
-    return M2Config(**{**values, **kwargs})
+def small_config(**kwargs) -> RunConfig:
+    """An M2 run on 8x8 images (the data's shape: x_shape is not given), 20 labels; ``kwargs`` are trainer
+    and data settings."""
+    values = {"epochs": 2, "batch_size": 50, "lr": 3e-3, **kwargs}
+    trainer = {k: v for k, v in values.items() if k in TrainerConfig.model_fields}
+    data = {k: v for k, v in values.items() if k in DataConfig.model_fields}
+    model = M2Config(num_labels=20, z_dim=4, hidden=(32,), labelled_batch_size=20, aux_loss_multiplier=10.0)
+    return RunConfig(model=model, trainer=TrainerConfig(**trainer), data=DataConfig(**data))
 
 
 def test_fit_learns_to_classify_from_two_labels_per_class(tmp_path):
@@ -227,11 +236,12 @@ def test_fit_learns_to_classify_from_two_labels_per_class(tmp_path):
     m2, history = fit_m2(config, tmp_path / "run", data=data, progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["test_accuracy"] > 0.9  # chance is 0.1
-    assert history[-1]["unlabelled_elbo"] > history[0]["unlabelled_elbo"]
+    assert history[-1]["train_unlabelled_elbo"] > history[0]["train_unlabelled_elbo"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["final_test_accuracy"] == history[-1]["test_accuracy"]
-    assert metrics["num_labelled"] == 20 and metrics["num_unlabelled"] == 580
-    assert metrics["aux_loss_multiplier"] == 10.0
+    assert metrics["training"]["num_labelled"] == 20 and metrics["training"]["num_unlabelled"] == 580
+    assert metrics["training"]["aux_loss_multiplier"] == 10.0
+    assert m2.x_shape == (1, 8, 8)  # from the data
 
 
 def test_default_aux_loss_multiplier_is_kingmas_alpha_on_every_labelled_image():
@@ -244,32 +254,30 @@ def test_resumed_run_equals_an_uninterrupted_one_and_reloads_from_its_folder(tmp
     data = separable_data(300)
     config = small_config(epochs=2, binarization="static")
     straight, h_straight = fit_m2(config, tmp_path / "a", data=data, progress=False)
-    fit_m2(config.model_copy(update={"epochs": 1}), tmp_path / "b", data=data, progress=False)
+    fit_m2(small_config(epochs=1, binarization="static"), tmp_path / "b", data=data, progress=False)
     resumed, h_resumed = fit_m2(config, tmp_path / "b", resume=True, data=data, progress=False)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     drop = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert drop(h_straight) == drop(h_resumed)
 
-    loaded, loaded_config, state = load_m2_run(tmp_path / "b")
-    assert loaded_config == config and state["epoch"] == 2
+    loaded, loaded_config, state = load_run(tmp_path / "b")
+    assert isinstance(loaded, M2) and state["epoch"] == 2 and state["kind"] == "m2"
+    assert loaded_config.model == config.model.replace(x_shape=(1, 8, 8)) and loaded_config.trainer == config.trainer
+    assert torch.equal(state["family_state"]["labelled_indices"], resumed.labelled_indices)
     x = data[2].images[:16]
     assert torch.equal(loaded.classify(x), resumed.classify(x))
     with pytest.raises(RunDirError, match="--resume"):
         fit_m2(config, tmp_path / "b", data=data)
-    from pyrovae.checkpoint import CheckpointError, load_run
-    with pytest.raises(CheckpointError, match="semi-supervised M2"):  # not a VAE run: one clear error
-        load_run(tmp_path / "b")
 
 
 def test_cosine_schedule_resumes_exactly_after_an_interruption_and_ends_at_its_final_rate(tmp_path, monkeypatch):
-    import pyrovae.semisupervised as ss
+    import pyrovae.training.trainer as ss
 
     data = separable_data(300)
     config = small_config(epochs=3, binarization="static", lr_schedule="cosine", final_lr_ratio=0.1)
     straight, h_straight = fit_m2(config, tmp_path / "a", data=data, progress=False)
-    constant, _ = fit_m2(config.model_copy(update={"lr_schedule": "constant"}), tmp_path / "c", data=data,
-                         progress=False)
+    constant, _ = fit_m2(small_config(epochs=3, binarization="static"), tmp_path / "c", data=data, progress=False)
     assert not all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), constant.state_dict().values()))
 
     save, saves = ss.save_checkpoint, []
@@ -284,14 +292,14 @@ def test_cosine_schedule_resumes_exactly_after_an_interruption_and_ends_at_its_f
     with pytest.raises(KeyboardInterrupt):
         fit_m2(config, tmp_path / "b", data=data, progress=False)
     monkeypatch.undo()
-    assert load_m2_run(tmp_path / "b")[2]["epoch"] == 1
+    assert load_run(tmp_path / "b")[2]["epoch"] == 1
     resumed, h_resumed = fit_m2(config, tmp_path / "b", resume=True, data=data, progress=False)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     drop = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert drop(h_straight) == drop(h_resumed)
-    state = load_m2_run(tmp_path / "b")[2]
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(config.lr * 0.1, rel=1e-12)
+    state = load_run(tmp_path / "b")[2]
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(config.trainer.lr * 0.1, rel=1e-12)
 
 
 # --- the command line ---------------------------------------------------------------------------------
@@ -299,12 +307,12 @@ def test_cosine_schedule_resumes_exactly_after_an_interruption_and_ends_at_its_f
 
 @pytest.mark.mnist
 def test_cli_semisupervised_writes_metrics_and_figures(tmp_path, mnist_root, capsys):
-    from pyrovae.cli import main
+    from pyrovae.app.cli import main
 
     run = tmp_path / "m2"
     code = main(["semisupervised", "--labels", "100", "--epochs", "1", "--train-size", "1000", "--hidden", "32",
-                 "--z-dim", "4", "--validation-size", "500", "--data-dir", str(mnist_root), "--out", str(run),
-                 "--no-progress"])
+                 "--z-dim", "4", "--validation-size", "500", "--test-size", "500", "--eval-num-samples", "5",
+                 "--data-dir", str(mnist_root), "--out", str(run), "--no-progress"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -316,7 +324,7 @@ def test_cli_semisupervised_writes_metrics_and_figures(tmp_path, mnist_root, cap
 
 
 def test_cli_semisupervised_bad_label_count_is_one_clear_error(tmp_path, capsys):
-    from pyrovae.cli import main
+    from pyrovae.app.cli import main
 
     assert main(["semisupervised", "--labels", "105", "--out", str(tmp_path / "r")]) == 2
     assert "num_labels=105" in capsys.readouterr().err

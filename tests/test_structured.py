@@ -13,15 +13,18 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from torch import nn
 
-from pyrovae.checkpoint import CheckpointError
-from pyrovae.cli import main
-from pyrovae.config import ConfigError, make_config
-from pyrovae.runs import draw_completions, structured_run
-from pyrovae.structured import (
-    MASK_VALUE, BaselineNet, StructuredConfig, StructuredCVAE, check_pair, conditional_log_likelihood,
-    fit_structured, load_structured_run, log_importance_weights, quadrant_masks, split_quadrants,
+from pyrovae.app.cli import main
+from pyrovae.app.figures import draw_completions
+from pyrovae.app.runs import train_run
+from pyrovae.data import DataConfig
+from pyrovae.errors import ConfigError, DataError, RunDirError
+from pyrovae.evaluation import log_likelihood
+from pyrovae.inference import importance_weights
+from pyrovae.models.structured import (
+    MASK_VALUE, BaselineNet, StructuredConfig, StructuredCVAE, check_pair, quadrant_masks, split_quadrants,
 )
-from pyrovae.train import RunDirError
+from pyrovae.settings import make_config
+from pyrovae.training import EvaluationConfig, RunConfig, TrainerConfig, fit, load_run
 
 from .conftest import logmeanexp, random_binary_data
 
@@ -41,9 +44,16 @@ def tiny_cvae(z_dim: int = 3, z_strength: float = 1.0, seed: int = 0) -> Structu
     return cvae
 
 
-def tiny_config(**kw) -> StructuredConfig:
-    base = dict(visible=2, z_dim=3, hidden=(32,), epochs=1, batch_size=32, lr=3e-3, eval_num_samples=5)
-    return StructuredConfig(**{**base, **kw})
+def tiny_config(epochs: int = 1, baseline_epochs=None, visible: int = 2, **data) -> RunConfig:
+    return RunConfig(model=StructuredConfig(visible=visible, z_dim=3, hidden=(32,), baseline_epochs=baseline_epochs),
+                     trainer=TrainerConfig(epochs=epochs, batch_size=32, lr=3e-3),
+                     data=DataConfig(**data), evaluation=EvaluationConfig(num_samples=5))
+
+
+def cll(cvae, x, y, num_samples, proposal: str = "recognition", **options):
+    """The importance-sampled log p(y | x) with the recognition network or the prior network as proposal."""
+    return log_likelihood(cvae.model, cvae.guide, x, y, num_samples=num_samples,
+                          proposal=cvae.prior_proposal if proposal == "prior" else None, **options)
 
 
 # --- the task ---------------------------------------------------------------------------------
@@ -80,9 +90,9 @@ def test_split_quadrants_round_trips(visible):
 
 @pytest.mark.parametrize("visible", [0, 4, -1, 2.0, True, "2", None])
 def test_visible_outside_1_2_3_is_one_clear_error(visible):
-    with pytest.raises(ValueError, match=r"visible=.* choose 1, 2 or 3"):
+    with pytest.raises(ConfigError, match=r"visible=.* choose 1, 2 or 3"):
         quadrant_masks(visible)
-    with pytest.raises(ValueError, match=r"choose 1, 2 or 3"):
+    with pytest.raises(ConfigError, match=r"choose 1, 2 or 3"):
         split_quadrants(binary_images(), visible)
 
 
@@ -98,16 +108,16 @@ def test_config_rejects_a_bad_visible_by_name():
     (torch.full((4, 1, 28, 28), math.nan), "binarized"),
 ])
 def test_bad_images_raise_one_clear_error(images, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(DataError, match=match):
         split_quadrants(images, 2)
 
 
 def test_mismatched_x_and_y_raise():
     x, y = split_quadrants(binary_images(), 2)
     _, y1 = split_quadrants(binary_images(), 1)
-    with pytest.raises(ValueError, match="exactly where x holds -1"):
+    with pytest.raises(DataError, match="exactly where x holds -1"):
         check_pair(x, y1)
-    with pytest.raises(ValueError, match="no hidden pixel"):
+    with pytest.raises(DataError, match="no hidden pixel"):
         check_pair(binary_images())
 
 
@@ -159,7 +169,7 @@ def test_model_and_guide_sites_have_the_right_shapes():
     samples = cvae.sample_completions(x, num_samples=4)
     assert samples.shape == (4, 5, 1, 28, 28)
     assert torch.equal(samples[:, x != MASK_VALUE], x[x != MASK_VALUE].expand(4, -1))
-    assert log_importance_weights(cvae, x, y, 7).shape == (7, 5)
+    assert importance_weights(cvae.model, cvae.guide, 7, x, y).log_weights.shape == (7, 5)
 
 
 def test_the_likelihood_counts_hidden_pixels_only():
@@ -189,7 +199,7 @@ def test_the_prior_is_learned_and_depends_on_x():
 def test_importance_sampled_cll_is_at_least_the_elbo_from_the_same_draws():
     cvae = tiny_cvae(z_strength=5.0)
     x, y = split_quadrants(binary_images(32), 2)
-    out = conditional_log_likelihood(cvae, x, y, num_samples=20, progress=False)
+    out = cll(cvae, x, y, 20, progress=False)
     assert out["log_likelihood"].shape == out["elbo"].shape == (32,)
     assert (out["log_likelihood"] >= out["elbo"] - 1e-4).all()
     assert (out["log_likelihood"] > out["elbo"]).float().mean() > 0.9
@@ -199,10 +209,10 @@ def test_a_small_memory_cap_splits_the_cll_into_passes_with_the_same_estimate():
     cvae = tiny_cvae(z_strength=5.0)
     x, y = split_quadrants(binary_images(32), 2)
     pyro.set_rng_seed(0)
-    whole = conditional_log_likelihood(cvae, x, y, num_samples=64, max_chunk=10**6, progress=False)
+    whole = cll(cvae, x, y, 64, max_chunk=10**6, progress=False)
     assert whole["plan"]["images_per_pass"] == 32
     pyro.set_rng_seed(1)
-    capped = conditional_log_likelihood(cvae, x, y, num_samples=64, max_memory_gb=2e-4, progress=False)
+    capped = cll(cvae, x, y, 64, max_memory_gb=2e-4, progress=False)
     assert capped["plan"]["source"] == "max_memory_gb" and capped["plan"]["pairs"] < 32 * 64
     assert (capped["log_likelihood"] >= capped["elbo"] - 1e-4).all()
     difference = capped["log_likelihood"] - whole["log_likelihood"]  # independent draws of one estimate
@@ -213,7 +223,7 @@ def test_our_elbo_matches_pyros_trace_elbo():
     cvae = tiny_cvae(z_strength=2.0)
     x, y = split_quadrants(binary_images(32), 2)
     pyro.set_rng_seed(0)
-    ours = conditional_log_likelihood(cvae, x, y, num_samples=500, progress=False)["elbo"]
+    ours = cll(cvae, x, y, 500, progress=False)["elbo"]
     elbo = Trace_ELBO(num_particles=500, vectorize_particles=True, max_plate_nesting=1)
     with torch.no_grad():
         pyros = -elbo.loss(cvae.model, cvae.guide, x, y) / 32
@@ -224,7 +234,7 @@ def test_importance_sampled_cll_does_not_decrease_with_k_on_average():
     cvae = tiny_cvae(z_strength=5.0)
     x, y = split_quadrants(binary_images(64), 2)
     pyro.set_rng_seed(0)
-    means = [torch.stack([conditional_log_likelihood(cvae, x, y, k, progress=False)["log_likelihood"]
+    means = [torch.stack([cll(cvae, x, y, k, progress=False)["log_likelihood"]
                           for _ in range(4)]).mean().item() for k in (1, 10, 100)]
     assert means[0] < means[1] < means[2]
 
@@ -240,15 +250,19 @@ class _PriorAsRecognition(nn.Module):
         cvae = self.cvae[0]
         return cvae.prior_net(x, torch.sigmoid(cvae.baseline(x)))
 
+    def features(self, x, y):
+        cvae = self.cvae[0]
+        return cvae.prior_net.features(x, torch.sigmoid(cvae.baseline(x)))
+
 
 def test_recognition_net_equal_to_the_prior_gives_the_prior_sampling_estimate():
     cvae = tiny_cvae(z_strength=5.0)
     cvae.recognition_net = _PriorAsRecognition(cvae)
     x, y = split_quadrants(binary_images(8), 1)
     pyro.set_rng_seed(3)
-    importance = conditional_log_likelihood(cvae, x, y, 50, proposal="recognition", progress=False)
+    importance = cll(cvae, x, y, 50, proposal="recognition", progress=False)
     pyro.set_rng_seed(3)
-    prior_sampling = conditional_log_likelihood(cvae, x, y, 50, proposal="prior", progress=False)
+    prior_sampling = cll(cvae, x, y, 50, proposal="prior", progress=False)
     torch.testing.assert_close(importance["log_likelihood"], prior_sampling["log_likelihood"])
     # ...which is log (1/K) sum_k p(y | x, z_k), z_k ~ p(z | x), computed here by hand from the same draws
     pyro.set_rng_seed(3)
@@ -290,21 +304,19 @@ def test_importance_sampled_cll_converges_to_the_exact_value():
     x, y = split_quadrants(images, 2)
     exact = log_likelihood_by_quadrature(cvae, x, y)
     pyro.set_rng_seed(0)
-    importance = conditional_log_likelihood(cvae, x, y, 4000, progress=False)
-    prior_sampling = conditional_log_likelihood(cvae, x, y, 20000, proposal="prior", progress=False)
+    importance = cll(cvae, x, y, 4000, progress=False)
+    prior_sampling = cll(cvae, x, y, 20000, proposal="prior", progress=False)
     assert (importance["log_likelihood"] - exact).mean().abs() < 0.03
     torch.testing.assert_close(importance["log_likelihood"], exact, atol=0.25, rtol=0)
     torch.testing.assert_close(prior_sampling["log_likelihood"], exact, atol=0.05, rtol=0)
     assert (exact - importance["elbo"]).mean() > 0.3  # the bound is far from tight: the test has teeth
 
 
-def test_unknown_proposal_and_bad_k_raise():
+def test_bad_k_raises():
     cvae = tiny_cvae()
     x, y = split_quadrants(binary_images(2), 2)
-    with pytest.raises(ValueError, match="proposal='guide' is unknown"):
-        conditional_log_likelihood(cvae, x, y, 5, proposal="guide")
-    with pytest.raises(ValueError, match="num_samples=0"):
-        conditional_log_likelihood(cvae, x, y, 0)
+    with pytest.raises(ConfigError, match="num_samples=0"):
+        cll(cvae, x, y, 0)
 
 
 # --- training and run folders -------------------------------------------------------------------
@@ -312,61 +324,51 @@ def test_unknown_proposal_and_bad_k_raise():
 
 def test_one_epoch_writes_its_files_and_reloads(tmp_path):
     data = random_binary_data(128)
-    cvae, history = fit_structured(tiny_config(), tmp_path, data=data, progress=False)
+    cvae, history = fit(tiny_config(), tmp_path, data=data, progress=False)
     assert [(h["stage"], h["epoch"]) for h in history] == [("baseline", 1), ("cvae", 1)]
     assert history[0]["train_neg_cll"] > 0 and history[1]["train_elbo"] < 0
+    assert "beta" not in history[0] and history[1]["beta"] == 1.0  # the baseline has no latent site to weigh
     assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "checkpoint.pt", "metrics.json"}
     assert json.loads((tmp_path / "metrics.json").read_text())["history"] == history
-    loaded, config, state = load_structured_run(tmp_path)
-    assert config == tiny_config(baseline_epochs=1) and (state["stage"], state["epoch"]) == ("cvae", 1)
+    loaded, config, state = load_run(tmp_path)
+    assert isinstance(loaded, StructuredCVAE) and state["kind"] == "structured-cvae"
+    assert config == tiny_config() and (state["stage_name"], state["epoch"]) == ("cvae", 1)
     for (name, a), b in zip(cvae.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
-    path = draw_completions(loaded, data[2].images[:4], 2, tmp_path / "completions.png", num_samples=2)
+    path = draw_completions(loaded, data[2].images[:4], tmp_path / "completions.png", num_samples=2)
     assert path.stat().st_size > 0
     with pytest.raises(RunDirError, match="--resume"):
-        fit_structured(tiny_config(), tmp_path, data=data, progress=False)
-    from pyrovae.cli import main
-    assert main(["sample", str(tmp_path), "-n", "4"]) == 2  # not a VAE run: one clear error
-    from pyrovae.checkpoint import load_run
-    with pytest.raises(CheckpointError, match="structured-output CVAE"):
-        load_run(tmp_path)
+        fit(tiny_config(), tmp_path, data=data, progress=False)
 
 
 @pytest.mark.parametrize("stop_at", [("baseline", 1), ("cvae", 1)])
 def test_resume_continues_the_same_run(tmp_path, stop_at):
     data = random_binary_data(128)
     config = tiny_config(epochs=2)
-    straight, _ = fit_structured(config, tmp_path / "a", data=data, progress=False)
+    straight, _ = fit(config, tmp_path / "a", data=data, progress=False)
 
-    def stop(stage, epoch, path):
-        if (stage, epoch) == stop_at:
+    def stop(model, row, path):
+        if (row["stage"], row["epoch"]) == stop_at:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit_structured(config, tmp_path / "b", data=data, progress=False, on_epoch_end=stop)
+        fit(config, tmp_path / "b", data=data, progress=False, on_epoch_end=stop)
     torch.manual_seed(123)  # resuming must not depend on the process's RNG state
-    resumed, history = fit_structured(config, tmp_path / "b", resume=True, data=data, progress=False)
+    resumed, history = fit(config, tmp_path / "b", resume=True, data=data, progress=False)
     assert [(h["stage"], h["epoch"]) for h in history] == [("baseline", 1), ("baseline", 2), ("cvae", 1), ("cvae", 2)]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
-def test_a_vae_checkpoint_is_not_taken_for_a_structured_run(tmp_path):
-    from pyrovae.checkpoint import save_checkpoint
-    save_checkpoint(tmp_path / "checkpoint.pt", {"config": {}, "epoch": 1})
-    with pytest.raises(CheckpointError, match="not a quadrant-completion run"):
-        load_structured_run(tmp_path)
-
-
 @pytest.mark.mnist
 def test_structured_run_on_an_mnist_slice_writes_metrics_and_figure(tmp_path, mnist_root):
     config = tiny_config(visible=1, train_size=256, test_size=32, data_dir=str(mnist_root))
-    metrics = structured_run(config, tmp_path, progress=False, num_figure_images=4)
+    metrics = train_run(config, tmp_path, progress=False)
     test = metrics["test"]
-    assert test["visible"] == 1 and test["hidden_pixels"] == 3 * 196 and test["num_images"] == 32
-    assert test["num_samples"] == 5
-    assert 0 < test["cvae_neg_cll_nats"] <= test["cvae_neg_elbo_nats"]
-    assert test["baseline_neg_cll_nats"] > 0
+    assert test["log_likelihood_of"] == "log p(y | x)" and test["num_images"] == 32 and test["num_samples"] == 5
+    assert test["log_likelihood_bits_per_dim"] == pytest.approx(-test["log_likelihood_nats"] / (3 * 196 * math.log(2)))
+    assert test["elbo_nats"] <= test["log_likelihood_nats"] < 0
+    assert test["baseline_neg_cll"] > 0
     assert (tmp_path / "completions.png").stat().st_size > 0
     assert json.loads((tmp_path / "metrics.json").read_text())["test"] == test
 
@@ -379,7 +381,8 @@ def test_cli_structured_runs_and_rejects_a_bad_visible(tmp_path, mnist_root, cap
                "--no-progress"])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["run_dir"] == str(out) and printed["hidden_pixels"] == 196
+    assert printed["run_dir"] == str(out) and printed["log_likelihood_of"] == "log p(y | x)"
+    assert json.loads((out / "config.json").read_text())["model"]["visible"] == 3
     assert (out / "completions.png").exists() and (out / "metrics.json").exists()
     with pytest.raises(SystemExit) as e:
         main(["structured", "--visible", "4", "--out", str(tmp_path / "bad")])

@@ -4,24 +4,50 @@ import pyro
 import pytest
 import torch
 
-from pyrovae.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, load_run
-from pyrovae.config import ConfigError, ModelConfig, RunConfig, make_config
-from pyrovae.evaluate import evaluate
-from pyrovae.models import VAE
-from pyrovae.objectives import make_elbo
-from pyrovae.train import RunDirError, fit, make_optimizer, train_step
+import json
+
+from pyrovae.data import DataConfig
+from pyrovae.errors import CheckpointError, ConfigError, DataError, RunDirError
+from pyrovae.evaluation import evaluate
+from pyrovae.files import atomic_write_bytes
+from pyrovae.inference.objectives import make_elbo
+from pyrovae.models import VAE, VAEConfig
+from pyrovae.settings import make_config
+from pyrovae.training import RunConfig, TrainerConfig, fit, load_checkpoint, load_run, make_optimizer
 
 from .conftest import random_binary_data
 
 
-def tiny_config(**kw) -> RunConfig:
-    base = dict(model=ModelConfig(z_dim=3, hidden=(32,)), epochs=2, batch_size=32, lr=3e-3)
-    return RunConfig(**{**base, **kw})
+def tiny_config(model=None, **kw) -> RunConfig:
+    """A 3-d VAE with one hidden layer of 32; ``kw`` are trainer and data settings."""
+    values = {"epochs": 2, "batch_size": 32, "lr": 3e-3, **kw}
+    trainer = {k: v for k, v in values.items() if k in TrainerConfig.model_fields}
+    data = {k: v for k, v in values.items() if k in DataConfig.model_fields}
+    return RunConfig(model=model or VAEConfig(z_dim=3, hidden=(32,)), trainer=TrainerConfig(**trainer),
+                     data=DataConfig(**data))
 
 
 def test_training_improves_the_elbo(tmp_path):
     _, history = fit(tiny_config(epochs=4), tmp_path, data=random_binary_data(512), progress=False)
     assert history[-1]["train_elbo"] > history[0]["train_elbo"] + 20
+
+
+def test_the_history_records_the_objective_and_the_elbo_of_the_same_pass(tmp_path):
+    _, history = fit(tiny_config(epochs=2, beta=0.5, kl_warmup_epochs=0), tmp_path, data=random_binary_data(256),
+                     progress=False)
+    for row in history:  # the objective is the ELBO with its KL term weighed by beta
+        assert row["beta"] == 0.5
+        assert row["train_elbo"] == pytest.approx(row["train_reconstruction"] - row["train_kl"], rel=1e-5)
+        assert row["train_objective"] == pytest.approx(row["train_reconstruction"] - 0.5 * row["train_kl"], rel=1e-5)
+        assert row["train_objective"] > row["train_elbo"]
+
+
+def _step(vae, elbo, optimizer, x, num_data):
+    record = vae.objective_record(elbo, {"x": x}, num_data)
+    optimizer.zero_grad()
+    record.loss.backward()
+    optimizer.step()
+    return record.loss.detach()
 
 
 def test_fused_adam_takes_the_same_steps_as_the_default_adam():
@@ -39,9 +65,9 @@ def test_fused_adam_takes_the_same_steps_as_the_default_adam():
     with pyro.validation_enabled(False):
         for step in range(10):
             torch.manual_seed(step)
-            la = train_step(a, elbo, fused, x, len(data))
+            la = _step(a, elbo, fused, x, len(data))
             torch.manual_seed(step)
-            lb = train_step(b, elbo, plain, x, len(data))
+            lb = _step(b, elbo, plain, x, len(data))
             torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-5)
     assert all(not torch.equal(p, p0) for p, p0 in zip(a.parameters(), start))  # the steps moved everything
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
@@ -52,7 +78,7 @@ def test_resume_continues_the_same_run(tmp_path):
     data = random_binary_data()
     straight, _ = fit(tiny_config(epochs=3), tmp_path / "a", data=data, progress=False)
 
-    def stop_after_first_epoch(epoch, vae, path):
+    def stop_after_first_epoch(model, row, path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -68,7 +94,7 @@ def test_checkpoint_round_trip_gives_the_same_log_likelihood(tmp_path):
     data = random_binary_data()
     vae, _ = fit(tiny_config(epochs=1), tmp_path, data=data, progress=False)
     loaded, config, state = load_run(tmp_path)
-    assert config == tiny_config(epochs=1, kl_term="analytic") and state["epoch"] == 1
+    assert config == tiny_config(epochs=1) and state["epoch"] == 1 and state["kind"] == "vae"
     x = data[2].images[:32]
     pyro.set_rng_seed(5)
     before = evaluate(vae, x, num_samples=50, progress=False)
@@ -83,10 +109,11 @@ def test_checkpoint_round_trip_gives_the_same_log_likelihood(tmp_path):
 ])
 def test_a_run_folder_reloads_with_its_own_plugins_and_options(tmp_path, model):
     data = random_binary_data()
-    config = tiny_config(epochs=1, model=ModelConfig(z_dim=3, hidden=(32,), **model))
+    config = tiny_config(epochs=1, model=VAEConfig(z_dim=3, hidden=(32,), **model))
     vae, _ = fit(config, tmp_path, data=data, progress=False)
     loaded, saved, _ = load_run(tmp_path)
-    assert saved.model == config.model and saved.kl_term == "monte_carlo"
+    assert saved.model == config.model
+    assert json.loads((tmp_path / "metrics.json").read_text())["training"]["kl_term"] == "monte_carlo"
     assert type(loaded.prior) is type(vae.prior) and type(loaded.guide_family) is type(vae.guide_family)
     x = data[2].images[:16]
     pyro.set_rng_seed(5)
@@ -151,20 +178,23 @@ def test_unreadable_checkpoints_get_one_clear_error(tmp_path):
 def test_data_outside_the_likelihood_support_is_refused_before_training(tmp_path):
     train, _, test = random_binary_data()
     train.images[0, 0, 0, 0] = 0.5
-    with pytest.raises(ValueError, match="binarize"):
+    with pytest.raises(DataError, match="binarize"):
         fit(tiny_config(), tmp_path, data=(train, None, test), progress=False)
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
 @pytest.mark.parametrize("values, message", [
-    (dict(epochs=0), "epochs=0"),
-    (dict(elbo="RenyiELBO"), "elbo='RenyiELBO'"),
-    (dict(binarization="half"), "binarization='half'"),
-    (dict(device="tpu"), "device"),
-    (dict(learning_rate=0.1), "learning_rate=0.1: unknown option"),
-    (dict(beta=0), "beta=0"),
-    (dict(model=dict(prior="uniform")), "unknown prior 'uniform'"),
-    (dict(model=dict(prior_options=dict(num_components=3))), "StandardNormal has no option 'num_components'"),
+    (dict(trainer=dict(epochs=0)), "trainer.epochs=0"),
+    (dict(trainer=dict(elbo="RenyiELBO")), "elbo='RenyiELBO'"),
+    (dict(data=dict(binarization="half")), "binarization='half'"),
+    (dict(trainer=dict(device="tpu")), "device"),
+    (dict(trainer=dict(learning_rate=0.1)), "learning_rate=0.1: unknown option"),
+    (dict(trainer=dict(beta=0)), "beta=0"),
+    (dict(trainer=dict(lr=float("inf"))), "lr=inf"),
+    (dict(model=dict(kind="vae", prior="uniform")), "unknown prior 'uniform'"),
+    (dict(model=dict(kind="vae", prior_options=dict(num_components=3))), "StandardNormal has no option 'num_components'"),
+    (dict(model=dict(kind="gan")), "no model family of kind 'gan'"),
+    (dict(model=dict(z_dim=3)), "needs a 'kind'"),
 ])
 def test_bad_config_values_get_one_error_naming_the_field(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -182,11 +212,10 @@ def test_config_round_trips_through_json(tmp_path):
     ("Trace_ELBO", "standard_normal", "monte_carlo"),
     ("TraceMeanField_ELBO", "mixture", "monte_carlo"),
 ])
-def test_the_run_config_states_how_the_kl_term_is_computed(tmp_path, elbo, prior, expected):
-    config = tiny_config(epochs=1, elbo=elbo, model=ModelConfig(z_dim=3, hidden=(32,), prior=prior))
+def test_the_run_folder_states_how_the_kl_term_is_computed(tmp_path, elbo, prior, expected):
+    config = tiny_config(epochs=1, elbo=elbo, model=VAEConfig(z_dim=3, hidden=(32,), prior=prior))
     fit(config, tmp_path, data=random_binary_data(128), progress=False)
-    assert RunConfig.load(tmp_path / "config.json").kl_term == expected
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["kl_term"] == expected
+    assert json.loads((tmp_path / "metrics.json").read_text())["training"]["kl_term"] == expected
 
 
 def _flushes() -> bool:
@@ -195,7 +224,7 @@ def _flushes() -> bool:
 
 @pytest.mark.parametrize("before", [False, True])
 def test_flush_denormals_flushes_inside_and_restores_the_previous_setting(before):
-    from pyrovae.train import flush_denormals
+    from pyrovae.training import flush_denormals
 
     if not torch.set_flush_denormal(before):
         pytest.skip("this CPU has no flush-to-zero mode")

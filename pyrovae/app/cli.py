@@ -1,0 +1,307 @@
+"""``pyrovae`` command line: argument parsing only; every command calls the public API in
+:mod:`pyrovae.app.runs`.
+
+The training commands' flags are derived from the config schemas (:func:`config_flags`): every field of
+the family's model config, of :class:`~pyrovae.training.TrainerConfig`, :class:`~pyrovae.data.DataConfig`
+and :class:`~pyrovae.training.EvaluationConfig` (as ``--eval-<field>``) is a flag, with the field's
+description as its help and the family's default, so the command line and the configs cannot drift (a
+test checks both directions). A flag not given leaves the field to its default, the family's own for
+the trainer (M2 trains at a constant 3e-3 unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from ..components.plugins import REGISTRIES
+from ..data.config import DataConfig
+from ..errors import PyroVAEError
+from ..models import CVAEConfig, M2Config, ModelConfig, StructuredConfig, VAEConfig
+from ..settings import make_config
+from ..training.config import EvaluationConfig, RunConfig, TrainerConfig
+from ..training.optim import flush_denormals
+
+#: The configs a training command composes, with the prefix of their flags.
+GROUPS = (("trainer", TrainerConfig, ""), ("data", DataConfig, ""), ("evaluation", EvaluationConfig, "eval_"))
+GROUP_PREFIX = {"model": "", **{group: prefix for group, _, prefix in GROUPS}}
+
+
+@dataclass(frozen=True)
+class TrainingCommand:
+    """A command that trains one family: its model config(s) and extra names for some flags."""
+
+    name: str
+    help: str
+    model_configs: tuple[type[ModelConfig], ...]
+    aliases: dict  # field -> extra flags
+    run_name: str
+
+
+COMMANDS = {
+    "train": TrainingCommand("train", "train a VAE (or with --conditional a label-conditional CVAE) on MNIST, then "
+                                      "evaluate it and draw its figures", (VAEConfig, CVAEConfig), {}, "{network}-z{z_dim}"),
+    "structured": TrainingCommand("structured", "quadrant completion (Sohn et al. 2015): train a baseline net and a "
+                                                "CVAE, evaluate -log p(y|x) and draw completions", (StructuredConfig,),
+                                  {"evaluation.num_samples": ["--num-samples", "-k"]}, "structured-q{visible}"),
+    "semisupervised": TrainingCommand("semisupervised", "semi-supervised M2 (Kingma et al. 2014): classify MNIST from a "
+                                                        "few labels", (M2Config,), {"model.num_labels": ["--labels"]},
+                                      "m2-{num_labels}labels"),
+}
+
+
+def _strip(annotation):
+    """``annotation`` without ``Annotated`` and ``Optional``."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _strip(typing.get_args(annotation)[0])
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _strip(args[0])
+    return annotation
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 512,512, got {text!r}") from None
+    return sizes
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``, the value read as JSON where it parses (numbers, true/false, lists), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"options are KEY=VALUE, e.g. num_components=500; got {text!r}")
+    try:
+        return key.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), value
+
+
+def config_flags(command: str) -> dict[str, str]:
+    """``{"group.field": "--flag"}`` for every config field a training command exposes: the contract between
+    the command line and the configs (``kind`` is the command itself)."""
+    spec = COMMANDS[command]
+    flags = {}
+    for config in spec.model_configs:
+        for name in config.model_fields:
+            if name != "kind":
+                flags[f"model.{name}"] = _flag(name)
+    for group, config, prefix in GROUPS:
+        for name in config.model_fields:
+            flags[f"{group}.{name}"] = _flag(prefix + name)
+    return flags
+
+
+def _flag(name: str) -> str:
+    if name.endswith("_options"):
+        name = name[: -len("s")]
+    return "--" + name.replace("_", "-")
+
+
+def _add_field(parser, path: str, field, default, aliases: list[str]) -> None:
+    group, name = path.split(".")
+    flag, kind = _flag(GROUP_PREFIX[group] + name), _strip(field.annotation)
+    kwargs: dict[str, Any] = {"dest": path, "default": argparse.SUPPRESS}
+    shown = default
+    if name.endswith("_options"):
+        kwargs.update(type=_option, action="append", metavar="KEY=VALUE")
+        shown = "none"
+    elif typing.get_origin(kind) is typing.Literal:
+        choices = typing.get_args(kind)
+        kwargs.update(choices=choices, type=type(choices[0]))
+    elif typing.get_origin(kind) is tuple:
+        kwargs.update(type=_sizes, metavar="N,N,...")
+        shown = ",".join(map(str, default))
+    elif kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif kind in (int, float, str):
+        kwargs["type"] = kind
+        if name in REGISTRIES:
+            kwargs["choices"] = tuple(REGISTRIES[name])
+        else:
+            kwargs["metavar"] = name.upper()
+    else:
+        raise TypeError(f"config field {path} has a type the command line cannot parse: {field.annotation}")
+    parser.add_argument(flag, *aliases, help=f"{field.description or ''} (default: {shown})", **kwargs)
+
+
+def _add_training_command(sub, spec: TrainingCommand) -> None:
+    p = sub.add_parser(spec.name, help=spec.help, description=spec.help)
+    defaults = RunConfig(model=spec.model_configs[0]())
+    if spec.name == "train":
+        p.add_argument("--conditional", action="store_true",
+                       help="a label-conditional VAE (CVAE): p(z) p(x|z,y) with guide q(z|x,y), y the digit label; "
+                            "the test metrics are then log p(x|y)")
+    seen = set()
+    for config in spec.model_configs:
+        instance = config()
+        for name, field in config.model_fields.items():
+            if name == "kind" or name in seen:
+                continue
+            seen.add(name)
+            _add_field(p, f"model.{name}", field, getattr(instance, name), spec.aliases.get(f"model.{name}", []))
+    for group, config, _ in GROUPS:
+        instance = getattr(defaults, group)
+        for name, field in config.model_fields.items():
+            _add_field(p, f"{group}.{name}", field, getattr(instance, name), spec.aliases.get(f"{group}.{name}", []))
+    p.add_argument("--out", default=None, help=f"run folder (default: runs/<time>-{spec.run_name})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_config(command: str, args: argparse.Namespace) -> RunConfig:
+    """The :class:`RunConfig` that a training command's parsed ``args`` describe (fields not given keep
+    their defaults; the trainer's, the family's).
+
+    Raises:
+        ConfigError: invalid values, naming each field.
+    """
+    spec = COMMANDS[command]
+    given = {k: v for k, v in vars(args).items() if "." in k}
+    groups: dict[str, dict] = {"model": {}, "trainer": {}, "data": {}, "evaluation": {}}
+    for path, value in given.items():
+        group, name = path.split(".")
+        groups[group][name] = dict(value) if name.endswith("_options") else value
+    model_config = spec.model_configs[-1] if getattr(args, "conditional", False) else spec.model_configs[0]
+    model = make_config(model_config, **groups["model"])
+    parts = {group: make_config(config, **groups[group]) for group, config, _ in GROUPS}
+    return make_config(RunConfig, model=model, **parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders as Pyro programs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for spec in COMMANDS.values():
+        _add_training_command(sub, spec)
+
+    e = sub.add_parser("evaluate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="test log-likelihood of a trained run of any family (importance sampling)")
+    e.add_argument("run_dir")
+    e.add_argument("--num-samples", "-k", type=int, default=5000, help="importance samples K per image")
+    e.add_argument("--max-memory-gb", type=float, default=4.0,
+                   help="memory cap of one importance-sampling pass (GB); the chunk size is measured to fit it")
+    e.add_argument("--max-chunk", type=int, default=None,
+                   help="largest number of (sample, image) pairs per pass; overrides --max-memory-gb")
+    e.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images only")
+    e.add_argument("--probe-train-size", type=int, default=10_000,
+                   help="training images for the linear probe on the posterior means")
+    e.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    e.add_argument("--no-latent-stats", action="store_true", help="skip the per-dimension KL and active units")
+    e.add_argument("--which", choices=("last", "best"), default="last",
+                   help="the last epoch's checkpoint or the best validation epoch's (best.pt)")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("sample", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="draw from a trained run: prior samples, samples by digit, or completions")
+    s.add_argument("run_dir")
+    s.add_argument("-n", type=int, default=64, help="number of images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="PNG path (default: in RUN_DIR)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--digit", type=int, default=None,
+                   help="CVAE and M2 runs: draw N images of this digit (without it: one row per digit)")
+    s.add_argument("--manifold", action="store_true",
+                   help="CVAE runs with z_dim 2: the decoded latent manifold of --digit")
+    s.add_argument("--data-dir", default=None)
+
+    g = sub.add_parser("diagnose", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="posterior diagnostics of a trained run: PSIS k-hat, NUTS reference posteriors, "
+                            "amortization gap, active units; a report in the run folder")
+    g.add_argument("run_dir")
+    g.add_argument("--num-images", type=int, default=16, help="the first N test images get k-hat and the gaps")
+    g.add_argument("--num-samples", type=int, default=1000, help="draws of q(z|x) per image (for k-hat, ELBO)")
+    g.add_argument("--mcmc-images", type=int, default=2, help="how many of them get a NUTS reference (0: none)")
+    g.add_argument("--mcmc-samples", type=int, default=500, help="NUTS draws per chain")
+    g.add_argument("--mcmc-warmup", type=int, default=500, help="NUTS warm-up steps per chain")
+    g.add_argument("--num-chains", type=int, default=2, help="NUTS chains (>= 2, for R-hat)")
+    g.add_argument("--gap-steps", type=int, default=300, help="SVI steps for the per-image optimum q* (0: no gaps)")
+    g.add_argument("--gap-lr", type=float, default=0.02, help="Adam learning rate for q*")
+    g.add_argument("--gap-particles", type=int, default=8, help="draws per image per SVI step")
+    g.add_argument("--ll-samples", type=int, default=1000, help="importance samples K for log p(x)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-jit", action="store_true", help="run NUTS without the PyTorch JIT")
+    g.add_argument("--nuts-workers", type=int, default=None,
+                   help="processes for the NUTS chains (default: one per chain up to the CPU cores; 1 on a GPU)")
+    g.add_argument("--which", choices=("last", "best"), default="last", help="which checkpoint to diagnose")
+    g.add_argument("--out", default=None, help="folder for the outputs (default: RUN_DIR)")
+    g.add_argument("--data-dir", default=None)
+    g.add_argument("--device", default="cpu")
+    return parser
+
+
+def _summary(metrics: dict) -> dict:
+    """What the terminal gets: the scalar metrics (per-dimension lists and nested tables stay in the run
+    folder's metrics.json)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+
+
+def _default_run_dir(name: str) -> str:
+    """``runs/<YYYYmmdd-HHMMSS>-<name>``: the run folder when ``--out`` is not given."""
+    return f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+
+
+@flush_denormals()  # evaluation and diagnostics on trained networks meet subnormals too
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    from ..training import distributed  # imported late so that --help stays fast
+    from . import runs
+
+    try:
+        if args.command in COMMANDS:
+            config = run_config(args.command, args)
+            name = COMMANDS[args.command].run_name.format(**config.model.model_dump())
+            out = args.out or _default_run_dir(("cvae-" if config.kind == "cvae" else "") + name)
+            metrics = runs.train_run(config, out, resume=args.resume, progress=False if args.no_progress else None)
+            if metrics:  # {} on the ranks other than 0 of a torchrun launch
+                print(json.dumps(_summary({"run_dir": out, **metrics.get("test", {}),
+                                           **{k: v for k, v in metrics.items() if k.startswith(("final_", "best_"))}}),
+                                 indent=2))
+        elif args.command == "evaluate":
+            metrics = runs.evaluate_run(args.run_dir, args.num_samples, args.data_dir, args.device,
+                                        args.max_chunk, progress=False if args.no_progress else None,
+                                        max_memory_gb=args.max_memory_gb, probe=not args.no_probe,
+                                        probe_train_size=args.probe_train_size,
+                                        latent_statistics=not args.no_latent_stats, test_size=args.test_size,
+                                        which=args.which)
+            if metrics:  # {} on the ranks other than 0 of a torchrun launch
+                print(json.dumps(_summary(metrics), indent=2))
+        elif args.command == "sample":
+            print(runs.sample_run(args.run_dir, args.n, args.seed, args.out, args.device, digit=args.digit,
+                                  manifold=args.manifold, data_dir=args.data_dir))
+        elif args.command == "diagnose":
+            result = runs.diagnose_run(
+                args.run_dir, args.out, args.data_dir, args.device, which=args.which, num_images=args.num_images,
+                num_samples=args.num_samples, mcmc_images=args.mcmc_images, mcmc_samples=args.mcmc_samples,
+                mcmc_warmup=args.mcmc_warmup, num_chains=args.num_chains, gap_steps=args.gap_steps,
+                gap_lr=args.gap_lr, gap_particles=args.gap_particles, log_likelihood_samples=args.ll_samples,
+                seed=args.seed, jit_compile=not args.no_jit, nuts_workers=args.nuts_workers)
+            print(json.dumps({"out": args.out or args.run_dir, "summary": result["summary"],
+                              "skipped": result["skipped"], "files": result["files"]}, indent=2))
+    except PyroVAEError as e:
+        print(f"pyrovae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint (if any) is intact: continue with --resume", file=sys.stderr)
+        return 130
+    finally:
+        distributed.cleanup()  # under torchrun: leave the process group now, not at interpreter exit
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Model families and the protocol they share (:mod:`.base`): the VAE, the label-conditional CVAE, the
+structured-output CVAE and the semi-supervised M2, each registered under its ``kind``."""
+
+from .base import (FAMILIES, Family, LossRecord, ModelConfig, Stage, check_labels, config_from_dict, data_plate,
+                   family_for, register_family)
+from .cvae import CVAE, CVAEConfig
+from .m2 import M2, M2Config, M2Objective
+from .structured import StructuredConfig, StructuredCVAE
+from .vae import VAE, PlugInConfig, VAEConfig
+
+__all__ = ["CVAE", "CVAEConfig", "FAMILIES", "Family", "LossRecord", "M2", "M2Config", "M2Objective", "ModelConfig",
+           "PlugInConfig", "Stage", "StructuredCVAE", "StructuredConfig", "VAE", "VAEConfig", "check_labels",
+           "config_from_dict", "data_plate", "family_for", "register_family"]

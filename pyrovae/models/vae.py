@@ -1,0 +1,190 @@
+"""The VAE as a Pyro ``model`` + ``guide`` pair (Kingma & Welling 2014; Rezende, Mohamed & Wierstra 2014).
+
+Generative model, for each data point n in the data plate::
+
+    z_n ~ p(z)                       (the prior plug-in)
+    x_n ~ p(x | decoder(z_n))        (the likelihood plug-in)
+
+Guide (amortized variational posterior)::
+
+    z_n ~ q(z | encoder(x_n))        (the guide-family plug-in)
+
+Parameters live in the :class:`VAE` module itself and never in Pyro's global param store, so any
+number of models can coexist in one process. Train it with :func:`pyrovae.fit`, or with a Pyro ELBO's
+``differentiable_loss`` and any torch optimizer over ``vae.parameters()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import pydantic
+import pyro
+import torch
+from pydantic import Field, PositiveInt
+from torch import nn
+
+from ..components.guides import DiagonalNormal
+from ..components.likelihoods import Bernoulli
+from ..components.nets import build_networks
+from ..components.plugins import build_plugin, check_plugin
+from ..components.priors import StandardNormal, check_prior
+from ..errors import ArgumentTypeError, DataError
+from .base import Family, ModelConfig, data_plate, register_family
+
+
+def check_data(x: torch.Tensor, x_shape: tuple[int, ...], likelihood) -> None:
+    """Raise :class:`~pyrovae.errors.DataError` unless ``x`` is a ``(batch, *x_shape)`` tensor in
+    ``likelihood``'s support (its ``check_support`` checks dtype, finiteness and values); a non-tensor
+    raises :class:`~pyrovae.errors.ArgumentTypeError`. The data check of every model."""
+    shape = ", ".join(map(str, x_shape))
+    if not isinstance(x, torch.Tensor):
+        raise ArgumentTypeError(f"x must be a torch.Tensor of shape (batch, {shape}), got {type(x).__name__}")
+    if x.dim() != 1 + len(x_shape) or tuple(x.shape[1:]) != tuple(x_shape):
+        raise DataError(f"x has shape {tuple(x.shape)}; this model takes (batch, {shape}): reshape it, e.g. "
+                        f"x.view(-1, {shape})")
+    likelihood.check_support(x)
+
+
+class PlugInConfig(ModelConfig):
+    """Settings shared by the families built from plug-ins: the prior, the likelihood and the guide family
+    by name, with their options (constructor keyword arguments), and the data's shape."""
+
+    z_dim: PositiveInt = Field(50, description="latent dimension")
+    x_shape: tuple[PositiveInt, ...] = Field((1, 28, 28), description="shape of one data point")
+    prior: str = Field("standard_normal", description="the prior plug-in p(z)")
+    prior_options: dict[str, Any] = Field(default_factory=dict, description="options of the prior")
+    likelihood: str = Field("bernoulli", description="the likelihood plug-in p(x|z)")
+    likelihood_options: dict[str, Any] = Field(default_factory=dict, description="options of the likelihood")
+    guide: str = Field("diagonal_normal", description="the guide family q(z|x)")
+    guide_options: dict[str, Any] = Field(default_factory=dict, description="options of the guide family")
+
+    @pydantic.model_validator(mode="after")
+    def _known_plugins(self):
+        for what in ("prior", "likelihood", "guide"):  # a ConfigError (ValueError): pydantic reports it
+            check_plugin(what, getattr(self, what), getattr(self, f"{what}_options"))
+        return self
+
+    def build_plugins(self) -> dict:
+        """``{"prior", "likelihood", "guide_family"}`` built from the names and options."""
+        return {"prior": build_plugin("prior", self.prior, self.z_dim, self.prior_options),
+                "likelihood": build_plugin("likelihood", self.likelihood, tuple(self.x_shape), self.likelihood_options),
+                "guide_family": build_plugin("guide", self.guide, self.z_dim, self.guide_options)}
+
+
+class VAEConfig(PlugInConfig):
+    """What :meth:`VAE.from_config` needs to rebuild a :class:`VAE`."""
+
+    kind: Literal["vae"] = "vae"
+    network: Literal["mlp", "conv"] = Field("mlp", description="encoder/decoder pair")
+    hidden: tuple[PositiveInt, ...] = Field((512, 512), description="MLP hidden sizes (the decoder mirrors them)")
+
+
+@register_family
+class VAE(Family):
+    r"""A variational autoencoder whose prior, likelihood and guide family are plug-ins.
+
+    Args:
+        z_dim: latent dimension (default 50).
+        x_shape: shape of one data point (default ``(1, 28, 28)``).
+        network: ``"mlp"`` or ``"conv"``, the encoder/decoder pair built when ``encoder``/``decoder``
+            are not given (see :mod:`pyrovae.components.nets`).
+        hidden: hidden-layer sizes of the MLP encoder; the decoder mirrors them (default ``(512, 512)``).
+        prior: p(z), see :mod:`pyrovae.components.priors` (default ``StandardNormal``).
+        likelihood: p(x|z), see :mod:`pyrovae.components.likelihoods` (default ``Bernoulli``).
+        guide_family: q(z|x), see :mod:`pyrovae.components.guides` (default ``DiagonalNormal``).
+        encoder, decoder: networks of your own, with the shapes of :mod:`pyrovae.components.nets`.
+
+    Raises:
+        ConfigError: the prior's event shape is not ``(z_dim,)``, or an unknown ``network``.
+
+    Example::
+
+        vae = VAE(z_dim=50)
+        loss = pyrovae.inference.ELBO().differentiable_loss(vae.model, vae.guide, x)
+    """
+
+    kind = "vae"
+    config_class = VAEConfig
+
+    def __init__(self, z_dim: int = 50, x_shape: Sequence[int] = (1, 28, 28), network: str = "mlp",
+                 hidden: Sequence[int] = (512, 512), prior: nn.Module | None = None,
+                 likelihood: nn.Module | None = None, guide_family: nn.Module | None = None,
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+        super().__init__()
+        self.config = None
+        self.z_dim, self.x_shape = int(z_dim), tuple(x_shape)
+        self.prior = prior if prior is not None else StandardNormal(self.z_dim)
+        self.likelihood = likelihood if likelihood is not None else Bernoulli(self.x_shape)
+        self.guide_family = guide_family if guide_family is not None else DiagonalNormal(self.z_dim)
+        check_prior(self.prior, self.z_dim)
+        if encoder is None or decoder is None:
+            built = self._networks(network, hidden)
+            encoder = encoder if encoder is not None else built[0]
+            decoder = decoder if decoder is not None else built[1]
+        self.encoder, self.decoder = encoder, decoder
+        if hasattr(self.prior, "attach"):  # priors built from the encoder (VampPrior) get it here
+            self.prior.attach(self)
+
+    def _networks(self, network: str, hidden: Sequence[int]) -> tuple[nn.Module, nn.Module]:
+        return build_networks(network, self.x_shape, self.z_dim, self.guide_family.num_features(self.z_dim),
+                              self.likelihood.num_params, hidden)
+
+    @classmethod
+    def from_config(cls, config: VAEConfig) -> "VAE":
+        vae = cls(z_dim=config.z_dim, x_shape=config.x_shape, network=config.network, hidden=config.hidden,
+                  **config.build_plugins())
+        vae.config = config
+        return vae
+
+    # --- the Pyro program -------------------------------------------------------------------------
+
+    def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        """p(z) p(x|z) for a batch ``x (batch, *x_shape)``; ``num_data`` is the data-set size when ``x``
+        is a mini-batch of it (scales the ELBO to the whole set). Weigh the KL term by beta with
+        :func:`pyrovae.inference.kl_weight`. Returns z ``(batch, z_dim)``."""
+        with data_plate(x, num_data):
+            z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+        return z
+
+    def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
+        """q(z|x) for a batch ``x (batch, *x_shape)``. Returns z ``(batch, z_dim)``."""
+        with data_plate(x, num_data):
+            return pyro.sample("z", self.guide_family(self.encoder(x)))
+
+    def guide_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output h(x) ``(batch, num_features)`` that the guide family reads."""
+        return self.encoder(x)
+
+    # --- what users call ----------------------------------------------------------------------------
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise :class:`~pyrovae.errors.DataError` unless ``x`` is ``(batch, *x_shape)``, floating point,
+        finite and in the likelihood's support. Called once at public entry points, never per training
+        step."""
+        check_data(x, self.x_shape, self.likelihood)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameters of q(z|x): for the default guide ``{"loc", "scale"}``, each ``(batch, z_dim)``."""
+        self.check_data(x)
+        return self.guide_family.params(self.encoder(x))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.distributions.Distribution:
+        """p(x|z) for ``z (*batch, z_dim)``: a distribution with event shape ``x_shape``."""
+        return self.likelihood(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|z) at z = the mean of q(z|x) (pixel probabilities for Bernoulli):
+        ``(batch, *x_shape)``."""
+        return self.decode(self.encode(x)["loc"]).mean
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """``n`` draws z ~ p(z) decoded to the mean of p(x|z): ``(n, *x_shape)``. Seed with
+        ``pyro.set_rng_seed`` for reproducible draws."""
+        z = self.prior().sample((n,))
+        return self.decode(z).mean

@@ -1,0 +1,332 @@
+"""The one trainer: stochastic variational inference for every model family, with per-epoch checkpoints,
+exact resume, schedules, KL warm-up, validation with early stopping, and DDP under torchrun.
+
+Each step minimizes a stage's :class:`~pyrovae.models.LossRecord` loss (for a VAE the negative ELBO in
+nats per image, ``elbo.differentiable_loss(model, guide, *args, num_data=N) / N``) with Adam over the
+stage's parameters. This is the pattern Pyro documents for pairing its ELBOs with PyTorch optimizers:
+gradients are those of ``pyro.infer.SVI``, but the parameters stay in the module instead of Pyro's
+global param store, so models never share them. Nothing here depends on the family: how a batch
+becomes the programs' arguments, what is optimized in which stage, and how batches are drawn all come
+from the family (:mod:`pyrovae.models.base`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from ..data.config import load_data
+from ..data.mnist import ImageDataset
+from ..errors import ConfigError, PyroVAEError
+from ..inference.handlers import kl_weight
+from ..inference.objectives import kl_method, make_elbo
+from ..models.base import Family, Stage, family_for
+from ..torchtools import rng_kept
+from .checkpoint import (BEST, CHECKPOINT, CONFIG, read_run_dir, restore_rng_state, rng_state, run_config,
+                         save_checkpoint, write_metrics)
+from .config import RunConfig
+from .distributed import DistributedContext, init_distributed
+from .optim import flush_denormals, kl_weight_at, lr_factor, make_optimizer, resolve_device
+
+log = logging.getLogger(__name__)
+
+#: ``on_epoch_end(model, row, checkpoint_path)``: called after each epoch's checkpoint is written, on every
+#: process, with the model, that epoch's history row and the checkpoint's path.
+EpochCallback = Callable[[Family, dict, Path], None]
+
+
+def resumed_config(state: dict, config: RunConfig) -> RunConfig:
+    """The config a resumed run goes on with: the checkpoint's, except ``trainer.epochs`` (so a finished
+    run can be extended) and ``trainer.device`` from ``config``."""
+    saved = run_config(state)
+    trainer = saved.trainer.replace(epochs=config.trainer.epochs, device=config.trainer.device)
+    return saved.model_copy(update={"trainer": trainer})
+
+
+class _Monitor:
+    """The best value of a stage's monitored validation metric, and the epochs since it last improved."""
+
+    def __init__(self, stage: Stage, patience: int | None, saved: dict | None = None):
+        self.key, self.sign, self.patience = f"validation_{stage.monitor}", 1.0 if stage.mode == "max" else -1.0, patience
+        saved = saved or {}
+        self.best, self.best_epoch, self.bad_epochs = saved.get("best"), saved.get("best_epoch"), saved.get("bad_epochs", 0)
+
+    def update(self, row: dict) -> bool:
+        """Take the epoch's row; True when it is the best so far."""
+        value = row.get(self.key)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None or self.sign * (value - self.best) > 0:
+            self.best, self.best_epoch, self.bad_epochs = value, row["epoch"], 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state(self) -> dict:
+        return {"key": self.key, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+
+def summarize_history(history: list[dict], stage: Stage | None = None) -> dict:
+    """Headline numbers of a history: the last epoch's ``test_*`` values as ``final_test_*`` and, with a
+    validation split, the best value of the last stage's monitored metric (``best_validation_<name>``),
+    its ``best_validation_epoch`` and the ``test_*`` values of that epoch (``test_*_at_best_validation``:
+    the protocol of reporting the test metric at the epoch chosen on validation; the test split never
+    chooses anything)."""
+    if not history:
+        return {}
+    out = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("test_")}
+    monitor, mode = (stage.monitor, stage.mode) if stage is not None else ("objective", "max")
+    key = f"validation_{monitor}"
+    rows = [h for h in history if key in h and h.get("stage", None) == history[-1].get("stage", None)
+            and isinstance(h[key], (int, float)) and math.isfinite(h[key])]
+    if rows:
+        best = (max if mode == "max" else min)(rows, key=lambda h: h[key])  # the first epoch among ties
+        out.update({f"best_{key}": best[key], "best_validation_epoch": best["epoch"],
+                    **{f"{k}_at_best_validation": v for k, v in best.items() if k.startswith("test_")}})
+    return out
+
+
+def _set_trainable(model: Family, parameters: list) -> None:
+    """Parameters of the stage require gradients, the others not (DDP then syncs only the stage's)."""
+    trainable = {id(p) for p in parameters}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+
+
+@flush_denormals()
+def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
+        data: tuple[ImageDataset, ImageDataset | None, ImageDataset] | None = None,
+        progress: bool | None = None, on_epoch_end: EpochCallback | None = None,
+        distributed: bool | None = None) -> tuple[Family, list[dict]]:
+    """Train (or resume) the run in ``run_dir``, whatever its model family; returns ``(model, history)``.
+
+    Writes ``config.json`` at the start and, after every epoch, ``checkpoint.pt`` (model, optimizer and
+    schedule state, RNG states, config, stage and epoch, history, the family's state) and
+    ``metrics.json``, each atomically; with a validation split also ``best.pt`` whenever the last stage's
+    monitored validation metric improves. Resuming restores every RNG state, so a resumed run continues
+    exactly as if it had not stopped.
+
+    Args:
+        config: the run's settings. On ``resume`` the checkpoint's config is used, except
+            ``trainer.epochs`` (so a finished run can be extended) and ``trainer.device``.
+        run_dir: the run folder (created if missing).
+        resume: continue from ``run_dir/checkpoint.pt``.
+        data: ``(train, validation or None, test)`` datasets; loaded as ``config.data`` says when None.
+        progress: show a progress bar (default: when stderr is a terminal).
+        on_epoch_end: see :data:`EpochCallback`.
+        distributed: data-parallel training over the processes that torchrun started (see
+            :mod:`pyrovae.training.distributed`): the global batch is ``batch_size`` x their number, rank
+            0 alone writes to ``run_dir``, and the recorded terms are means over all processes. None
+            (default): when ``$WORLD_SIZE > 1`` or a process group is initialized.
+
+    Returns:
+        the trained model (eval mode) and the per-epoch history: dicts with ``stage`` (for families
+        trained in several stages), ``epoch``, ``train_<term>`` for each term of the stage's loss record
+        (for the ELBO: ``train_objective`` (the beta-weighted ELBO that is maximized), ``train_elbo``,
+        ``train_reconstruction``, ``train_kl``; nats per observation), ``beta`` (the KL weight at the
+        epoch's last step), ``lr``, ``validation_<name>`` for each validation metric (the ELBO terms at
+        beta = 1 without free bits, or the family's own, e.g. M2's ``validation_accuracy``),
+        ``test_<name>`` for families that report the test split every epoch, and ``seconds``.
+
+    Raises:
+        RunDirError: ``run_dir`` holds a checkpoint and ``resume`` is False, or ``resume`` is True and
+            it holds none.
+        CheckpointError: the checkpoint to resume from is unreadable.
+        DataError: data the model cannot take (shape, NaN, values outside the likelihood's support).
+        ConfigError: invalid settings, e.g. an unavailable device or early stopping without validation.
+    """
+    run_dir = Path(run_dir)
+    ctx = init_distributed(resolve_device(config.trainer.device), distributed)
+    state = ctx.on_main(lambda: read_run_dir(run_dir, resume))  # rank 0 reads; every rank gets it
+    if state is not None:
+        config = resumed_config(state, config)
+    trainer = config.trainer
+    device = ctx.device
+
+    pyro.set_rng_seed(ctx.seed(trainer.seed))
+    generator = torch.Generator().manual_seed(trainer.seed)  # shuffles; the same on every process
+    sample_generator = torch.Generator().manual_seed(ctx.seed(trainer.seed, stream=1))  # each process's own
+    if data is None:
+        data = load_data(config.data, trainer.seed)
+    train, validation, test = data
+    if trainer.early_stopping_patience is not None and validation is None:
+        raise ConfigError(f"early_stopping_patience={trainer.early_stopping_patience} needs a validation split; "
+                          "set validation_size (--validation-size) or drop early stopping")
+
+    if ("x_shape" in type(config.model).model_fields and "x_shape" not in config.model.model_fields_set
+            and tuple(config.model.x_shape) != tuple(train.x_shape)):  # not given: the data's
+        config = config.model_copy(update={"model": config.model.replace(x_shape=tuple(train.x_shape))})
+    model = family_for(config.kind).from_config(config.model)
+    for split in (train, validation, test if model.test_each_epoch else None):
+        if split is not None:
+            model.check_dataset(split, trainer.seed)
+    plan = model.batch_plan(train, trainer.batch_size, trainer.seed,
+                            None if state is None else state.get("family_state"))
+    if state is None:
+        model.init_from_data(train)
+    model.to(device)
+    objective = make_elbo(trainer.elbo, trainer.num_particles, trainer.free_bits)
+    held_out_objective = make_elbo(trainer.elbo, trainer.num_particles)  # the bound itself: no free bits
+    stages = model.stages(plan, objective, held_out_objective, trainer.epochs)
+    steps = plan.steps(ctx)
+
+    history: list[dict] = []
+    start_stage, done, stopped, monitor_state = 0, 0, False, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        history, start_stage, done = list(state["history"]), int(state["stage"]), int(state["epoch"])
+        stopped, monitor_state = bool(state.get("stopped", False)), state.get("monitor")
+        restore_rng_state(state["rng"], generator, device)
+        ctx.restore_rng_states(state["rng"].get("ranks"), sample_generator, trainer.seed, done)
+
+    def write_start():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG)
+        info = {"kind": config.kind, "kl_term": _kl_term(model, train, trainer.elbo, device),
+                **model.training_info(plan)}
+        write_metrics(run_dir, {"training": info})
+
+    ctx.on_main(write_start)  # rank 0 alone writes to run_dir
+
+    for index, stage in enumerate(stages):
+        if index < start_stage:
+            continue
+        resuming = state is not None and index == start_stage
+        start = done if resuming else 0
+        if start >= stage.epochs or (resuming and stopped):
+            continue
+        _set_trainable(model, stage.parameters)
+        optimizer = make_optimizer(stage.parameters, trainer.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_factor(trainer.lr_schedule, trainer.final_lr_ratio, stage.epochs * steps))
+        monitor = _Monitor(stage, trainer.early_stopping_patience, monitor_state if resuming else None)
+        if resuming:
+            _restore_optimizer(optimizer, scheduler, state, trainer.lr)
+        ddp = ctx.wrap(model, stage.loss)  # None for one process
+        label = stage.name if len(stages) > 1 else None
+        for epoch in range(start + 1, stage.epochs + 1):
+            row = _train_epoch(model, stage, plan, ddp, optimizer, scheduler, ctx, generator, sample_generator,
+                               trainer, steps, epoch, label, progress)
+            t0 = time.perf_counter() - row.pop("seconds")
+            if validation is not None and stage.validate is not None:
+                with torch.no_grad():
+                    row.update({f"validation_{k}": v for k, v in ctx.mean_over_shards(stage.validate, validation).items()})
+            if model.test_each_epoch and stage.validate is not None:
+                with torch.no_grad():
+                    row.update({f"test_{k}": v for k, v in ctx.mean_over_shards(stage.validate, test).items()})
+            row["seconds"] = time.perf_counter() - t0
+            history.append(row)
+            improved = monitor.update(row)
+            stopped = monitor.exhausted
+            if ctx.is_main:
+                log.info("%sepoch %d: %s", f"{stage.name} " if label else "", epoch,
+                         ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "stage")))
+            rng = rng_state(generator, device)
+            if ctx.enabled:
+                rng["ranks"] = ctx.rng_states(sample_generator)  # a collective: every rank takes part
+            checkpoint = {
+                "kind": config.kind, "config": config.to_dict(), "stage": index, "stage_name": stage.name,
+                "epoch": epoch, "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history, "rng": rng,
+                "family_state": model.family_state(), "monitor": monitor.state(), "world_size": ctx.world_size,
+            }
+
+            def write_epoch():
+                save_checkpoint(run_dir / CHECKPOINT, checkpoint)
+                if improved and index == len(stages) - 1:
+                    save_checkpoint(run_dir / BEST, checkpoint)
+                write_metrics(run_dir, {"history": history, **summarize_history(history, stages[-1])})
+
+            ctx.on_main(write_epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(model, row, run_dir / CHECKPOINT)
+            if stopped:
+                if ctx.is_main:
+                    log.info("early stopping: %s has not improved for %d epochs (best %.4g at epoch %d)",
+                             monitor.key, monitor.bad_epochs, monitor.best, monitor.best_epoch)
+                break
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.eval(), history
+
+
+def _train_epoch(model: Family, stage: Stage, plan, ddp, optimizer, scheduler, ctx: DistributedContext,
+                 generator: torch.Generator, sample_generator: torch.Generator, trainer, steps: int, epoch: int,
+                 label: str | None, progress: bool | None) -> dict:
+    """One epoch of ``stage``: the history row's ``train_*`` terms, ``beta``, ``lr`` and ``seconds``."""
+    model.train()
+    t0 = time.perf_counter()
+    device = ctx.device
+    sums: dict[str, torch.Tensor] = {}
+    weighted = stage.weighted_sites is None or len(stage.weighted_sites) > 0
+    beta = 1.0
+    bar = tqdm(plan.epoch(generator, sample_generator, ctx), total=steps, leave=False,
+               desc=f"{label + ' ' if label else ''}epoch {epoch}/{stage.epochs}",
+               disable=True if not ctx.is_main else None if progress is None else not progress)
+    with pyro.validation_enabled(False):
+        for i, batch in enumerate(bar):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            if weighted:
+                beta = kl_weight_at(trainer.beta, trainer.kl_warmup_epochs, (epoch - 1) * steps + i, steps)
+            with kl_weight(beta, stage.weighted_sites):
+                loss, terms, n = ddp(batch) if ddp is not None else _record(stage.loss(batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            for k, v in terms.items():
+                sums[k] = sums[k] + v * n if k in sums else v * n
+    total = plan.observations_per_epoch(ctx)
+    row = {"stage": label, "epoch": epoch} if label else {"epoch": epoch}
+    row.update({f"train_{k}": ctx.all_reduce_sum(v).item() / total for k, v in sums.items()})
+    if weighted:
+        row["beta"] = beta
+    row["lr"] = optimizer.param_groups[0]["lr"]
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def _record(record):
+    return record.loss, record.terms, record.num_observations
+
+
+def _restore_optimizer(optimizer, scheduler, state: dict, lr: float) -> None:
+    """The optimizer's and the schedule's states of the checkpoint being resumed; a checkpoint written
+    before its family had a schedule ran at a constant rate, which the restored optimizer keeps."""
+    if state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    lambdas = scheduler.lr_lambdas
+    if state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+        scheduler.lr_lambdas = lambdas  # the schedule over the (possibly extended) epochs
+    for group in optimizer.param_groups:  # the schedule's rate at the step resumed from
+        group.setdefault("initial_lr", lr)
+        group["lr"] = group["initial_lr"] * lambdas[0](scheduler.last_epoch)
+
+
+def _kl_term(model: Family, train: ImageDataset, elbo: str, device: torch.device) -> str | None:
+    """How the ELBO's KL term is computed for this model: ``"analytic"`` where every latent site has a
+    closed form and the objective uses it (``TraceMeanField_ELBO``), else ``"monte_carlo"``."""
+    if elbo == "IWAE":
+        return None
+    if elbo == "Trace_ELBO":
+        return "monte_carlo"
+    batch = {k: v.to(device) for k, v in train.batch(torch.arange(min(2, len(train))),
+                                                      torch.Generator().manual_seed(0)).items()}
+    try:
+        with rng_kept(device), torch.no_grad():
+            return kl_method(model.model, model.guide, *model.program_args(batch))
+    except PyroVAEError:
+        return None
