@@ -6,10 +6,10 @@ likelihood drops in beside ours (see the contracts in :mod:`.priors`, :mod:`.lik
 """
 
 from .guides import GUIDES, IAF, DiagonalNormal, LowRankNormal
-from .likelihoods import LIKELIHOODS
-from .nets import NETWORKS, build_conditional_networks, build_networks, mlp, one_hot
+from .likelihoods import LIKELIHOODS, Bernoulli
+from .nets import NETWORKS, MLPDecoder, MLPEncoder, build_conditional_networks, build_networks, mlp, one_hot
 from .priors import PRIORS, FlowPrior, LearnedNormal, MixtureOfGaussians, StandardNormal, VampPrior, check_prior
 
-__all__ = ["GUIDES", "IAF", "LIKELIHOODS", "NETWORKS", "PRIORS", "DiagonalNormal", "FlowPrior", "LearnedNormal",
-           "LowRankNormal", "MixtureOfGaussians", "StandardNormal", "VampPrior", "build_conditional_networks",
+__all__ = ["Bernoulli", "GUIDES", "IAF", "LIKELIHOODS", "NETWORKS", "PRIORS", "DiagonalNormal", "FlowPrior", "LearnedNormal",
+           "LowRankNormal", "MLPDecoder", "MLPEncoder", "MixtureOfGaussians", "StandardNormal", "VampPrior", "build_conditional_networks",
            "build_networks", "check_prior", "mlp", "one_hot"]

@@ -77,8 +77,8 @@ def check_nuts_target(model, *args, site: str = "z") -> None:
               and not site_is_subsample(s)]
     names = [s["name"] for s in latent]
     if names != [site]:
-        raise UnsupportedError(f"NUTS here samples one continuous latent site {site!r}; this model's latent sites "
-                               f"are {names} (a discrete label, for one, would need enumeration)")
+        raise UnsupportedError(f"the NUTS reference samples a model with one latent site, {site!r}; this model has "
+                               f"{names}")
     if latent[0]["fn"].support.is_discrete:
         raise UnsupportedError(f"NUTS samples continuous latents; the prior of {site!r} is discrete")
 

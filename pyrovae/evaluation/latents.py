@@ -147,7 +147,8 @@ def _labels(y, n: int, name: str, x_name: str) -> np.ndarray:
 
 
 def linear_probe(model, guide, train_args: tuple, train_y, test_args: tuple, test_y, C: float = 1.0,
-                 max_iter: int = 1000, batch_size: int = 1000, device: torch.device | str | None = None) -> dict:
+                 max_iter: int = 1000, batch_size: int = 1000, device: torch.device | str | None = None,
+                 site: str = "z") -> dict:
     """Linear probe: how much of the labels a linear classifier reads off the posterior means.
 
     Fits scikit-learn's ``LogisticRegression`` (multinomial, L2 penalty of strength 1/``C``) on the
@@ -163,6 +164,7 @@ def linear_probe(model, guide, train_args: tuple, train_y, test_args: tuple, tes
         C: inverse regularization strength (default 1).
         max_iter: iterations of the solver (default 1000).
         batch_size: data points per guide pass; device: where to encode (default: where the model's module is).
+        site: the latent site whose posterior means are probed (default ``"z"``).
 
     Returns:
         dict with ``accuracy`` (test, in [0, 1]), ``train_accuracy``, ``chance_accuracy`` (frequency of
@@ -180,7 +182,7 @@ def linear_probe(model, guide, train_args: tuple, train_y, test_args: tuple, tes
     test_labels = _labels(test_y, check_arguments(test_args), "test_y", "test_args")
     if np.unique(train_labels).size < 2:
         raise DataError("train_y holds a single class; a linear probe needs at least two")
-    features = [posterior_means(model, guide, *a, batch_size=batch_size, device=device).double().numpy()
+    features = [posterior_means(model, guide, *a, batch_size=batch_size, device=device, site=site).double().numpy()
                 for a in (train_args, test_args)]
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     probe.fit(features[0], train_labels)

@@ -113,15 +113,17 @@ def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | N
             metrics.update({name: summary["mean"], f"{name}_stderr": summary["stderr"]})
     if latent_statistics:
         try:
-            metrics["kl_per_dimension_nats"] = kl_per_dimension(model.model, model.guide, *args, device=device).tolist()
+            metrics["kl_per_dimension_nats"] = kl_per_dimension(model.model, model.guide, *args, device=device,
+                                                                site=model.latent_site).tolist()
         except UnsupportedError as e:  # no per-dimension split for this prior or guide
             metrics["kl_per_dimension_nats"], metrics["kl_per_dimension_note"] = None, str(e)
-        au = active_units(model.model, model.guide, *args, threshold=active_threshold, device=device)
+        au = active_units(model.model, model.guide, *args, threshold=active_threshold, device=device,
+                          site=model.latent_site)
         metrics.update(active_units=au["num_active"], active_units_threshold=au["threshold"],
                        active_units_variance=au["variance"].tolist())
     if probe_train is not None and isinstance(data, ImageDataset):
         train_args = program_arguments(model, probe_train)
         metrics["linear_probe"] = linear_probe(model.model, model.guide, train_args, probe_train.labels, args,
-                                               data.labels, device=device)
+                                               data.labels, device=device, site=model.latent_site)
     metrics["seconds"] = time.perf_counter() - t0
     return metrics

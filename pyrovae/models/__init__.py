@@ -6,8 +6,8 @@ from .base import (FAMILIES, Family, LossRecord, ModelConfig, Stage, check_label
 from .cvae import CVAE, CVAEConfig
 from .m2 import M2, M2Config, M2Objective
 from .structured import StructuredConfig, StructuredCVAE
-from .vae import VAE, PlugInConfig, VAEConfig
+from .vae import VAE, PlugInConfig, VAEConfig, check_data
 
 __all__ = ["CVAE", "CVAEConfig", "FAMILIES", "Family", "LossRecord", "M2", "M2Config", "M2Objective", "ModelConfig",
-           "PlugInConfig", "Stage", "StructuredCVAE", "StructuredConfig", "VAE", "VAEConfig", "check_labels",
+           "PlugInConfig", "Stage", "StructuredCVAE", "StructuredConfig", "VAE", "VAEConfig", "check_data", "check_labels",
            "config_from_dict", "data_plate", "family_for", "register_family"]
