@@ -5,9 +5,10 @@ All sides run in this process on the same MNIST training images, batch 128, the 
 
 * pure PyTorch: a hand-written VAE with the same networks and loss and ``torch.optim.Adam`` (the
   reference, ratio 1), and the same with PyTorch's fused Adam kernel;
-* pyrovae: :func:`pyrovae.train.train_step` (a Pyro ELBO's ``differentiable_loss`` over the VAE's
-  model and guide) with :func:`pyrovae.train.make_optimizer` (what ``pyrovae train`` runs), and the
-  same with ``torch.optim.Adam``, which isolates the cost of Pyro's tracing;
+* pyrovae: an epoch of the one trainer, :func:`pyrovae.training.trainer.train_epoch` (each step the
+  VAE's loss record from its ELBO, :class:`pyrovae.inference.ELBO`, over the model and guide, with the
+  reconstruction and KL terms recorded) with :func:`pyrovae.training.make_optimizer` (what ``pyrovae
+  train`` runs), and the same with ``torch.optim.Adam``, which isolates the cost of Pyro's tracing;
 * the loop of Pyro's VAE example: ``pyro.module`` + ``pyro.optim.Adam`` + ``SVI.step`` over a
   ``DataLoader``.
 
@@ -50,10 +51,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.config import ModelConfig, build_model
-from pyrovae.data import load_mnist
-from pyrovae.objectives import make_elbo
-from pyrovae.train import make_optimizer, train_step
+from pyrovae.data import SingleStream, load_mnist
+from pyrovae.inference import make_elbo
+from pyrovae.models import VAE, VAEConfig
+from pyrovae.training import DistributedContext, TrainerConfig, make_optimizer
+from pyrovae.training.optim import lr_factor
+from pyrovae.training.trainer import train_epoch
+
+
+def build_model(config: VAEConfig) -> VAE:
+    return VAE.from_config(config)
 
 
 class ReferenceVAE(nn.Module):
@@ -159,7 +166,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
 
-    config = ModelConfig()
+    config = VAEConfig()
     train, _, _ = load_mnist(args.data_dir, "dynamic", train_size=args.steps * args.batch_size)
     train.images = train.images.to(device)  # data stays on the device; binarized there
     n = len(train)
@@ -169,12 +176,17 @@ def main() -> None:
     def pyrovae_side(optimizer_factory):
         vae = build_model(config).to(device)
         elbo = make_elbo("TraceMeanField_ELBO")
-        opt = optimizer_factory(vae.parameters())
+        plan = SingleStream(train, args.batch_size)
+        stage, = vae.stages(plan, elbo, elbo, epochs=1)
+        opt = optimizer_factory(stage.parameters)
+        ctx = DistributedContext(device=device)
+        steps = plan.steps(ctx)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor("constant", 1.0, steps))
+        trainer = TrainerConfig(kl_warmup_epochs=0)  # after warm-up: beta = 1, the steps of most of a run
 
         def run():
-            with pyro.validation_enabled(False):
-                for x, _ in train.batches(args.batch_size, generator=generator):
-                    train_step(vae, elbo, opt, x, n)
+            train_epoch(vae, stage, plan, None, opt, scheduler, ctx, generator, generator, trainer, steps, 1, None,
+                        False)
         return run
 
     def reference_side(optimizer_factory):
@@ -182,8 +194,8 @@ def main() -> None:
         opt = optimizer_factory(ref.parameters())
 
         def run():
-            for x, _ in train.batches(args.batch_size, generator=generator):
-                loss = ref.loss(x)
+            for batch in train.batches(args.batch_size, generator=generator):
+                loss = ref.loss(batch["x"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -195,7 +207,7 @@ def main() -> None:
     sides = {
         "pure PyTorch (torch.optim.Adam)": reference_side(default_adam),
         "pure PyTorch, fused Adam": reference_side(fused_adam),
-        "pyrovae (train_step, make_optimizer)": pyrovae_side(lambda params: make_optimizer(params, 1e-3)),
+        "pyrovae (train_epoch, make_optimizer)": pyrovae_side(lambda params: make_optimizer(params, 1e-3)),
         "pyrovae, torch.optim.Adam": pyrovae_side(default_adam),
         "Pyro example loop (SVI.step)": pyro_example_loop(config, static, args.batch_size),
     }
@@ -256,8 +268,8 @@ def main() -> None:
               "images_per_round": n, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "pyro": pyro.__version__, "machine": platform.machine(), "reference": reference,
               "images_per_second": rates, "median_images_per_second": median, "ratio_to_reference": ratio,
-              "ratio_pyrovae_to_pytorch": ratio["pyrovae (train_step, make_optimizer)"],
-              "ratio_pyrovae_to_pyro_example": median["pyrovae (train_step, make_optimizer)"]
+              "ratio_pyrovae_to_pytorch": ratio["pyrovae (train_epoch, make_optimizer)"],
+              "ratio_pyrovae_to_pyro_example": median["pyrovae (train_epoch, make_optimizer)"]
               / median["Pyro example loop (SVI.step)"],
               "device": str(device), "peak_memory_bytes": peak_memory, "flops_per_step": flops,
               "matmul_flops_per_second": peak_flops, "share_of_matmul_flops": share,

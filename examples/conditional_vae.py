@@ -1,12 +1,12 @@
 """A label-conditional VAE on MNIST: draw the digit you ask for.
 
 The CVAE p(z) p(x | z, y), guide q(z | x, y), conditions both programs on the digit label y
-(``pyrovae.conditional.CVAE``; the networks see y one-hot). Since the label is given, z only has to
+(``pyrovae.CVAE``; the networks see y one-hot). Since the label is given, z only has to
 carry what the label does not say (slant, thickness, style): decoding the same z with each label draws
 the ten digits in one style, which is the figure this script writes (one row per digit, one z per
 column).
 
-It trains on a slice of MNIST (dynamic binarization) through ``pyrovae.train.fit`` (the same loop as
+It trains on a slice of MNIST (dynamic binarization) through ``pyrovae.fit`` (the same trainer as
 ``pyrovae train --conditional``), prints the importance-sampled test log p(x | y) in nats, and writes
 the per-digit grid. It trains a beta-CVAE (``--beta 4``) by default: while z is cheap it also carries
 the digit's identity, and a decoder that reads the class from z draws the class of z whatever y says
@@ -35,10 +35,8 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyrovae import plots
-from pyrovae.conditional import evaluate_given_labels
-from pyrovae.config import ModelConfig, RunConfig
-from pyrovae.train import fit, load_data
+from pyrovae import CVAEConfig, DataConfig, RunConfig, TrainerConfig, evaluate, fit, plots
+from pyrovae.data import load_data
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,24 +57,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    model = ModelConfig(conditional=True, network=args.network, z_dim=args.z_dim,
-                        hidden=tuple(int(h) for h in args.hidden.split(",")))
-    config = RunConfig(model=model, beta=args.beta, epochs=args.epochs, train_size=args.train_size,
-                       kl_warmup_epochs=0, seed=args.seed, data_dir=args.data_dir)
-    data = load_data(config)
+    model = CVAEConfig(network=args.network, z_dim=args.z_dim, hidden=tuple(int(h) for h in args.hidden.split(",")))
+    config = RunConfig(model=model, trainer=TrainerConfig(beta=args.beta, epochs=args.epochs, kl_warmup_epochs=0,
+                                                          seed=args.seed),
+                       data=DataConfig(train_size=args.train_size, test_size=args.test_size, data_dir=args.data_dir))
+    data = load_data(config.data, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         cvae, history = fit(config, args.out or tmp, data=data, progress=False)
     for row in history:
-        print(f"epoch {row['epoch']:3d}: train ELBO {row['train_elbo']:8.2f} nats per image "
-              f"(beta {row['beta']:.2f}, {row['seconds']:.1f} s)")
+        print(f"epoch {row['epoch']:3d}: train ELBO {row['train_elbo']:8.2f} nats per image, objective "
+              f"{row['train_objective']:8.2f} (beta {row['beta']:.2f}, {row['seconds']:.1f} s)")
 
     test = data[2]
-    x, y = test.images[:args.test_size], test.labels[:args.test_size]
     pyro.set_rng_seed(args.seed)
-    metrics = evaluate_given_labels(cvae, x, y, num_samples=args.num_samples, progress=False)
-    print(f"test log p(x | y), K = {args.num_samples}: {metrics['log_likelihood_given_label_nats']:.2f} "
-          f"+- {metrics['log_likelihood_given_label_stderr']:.2f} nats per image "
-          f"(ELBO {metrics['elbo_given_label_nats']:.2f}; {len(y)} images, statically binarized)")
+    metrics = evaluate(cvae, test, num_samples=args.num_samples, progress=False, latent_statistics=False)
+    print(f"test {metrics['log_likelihood_of']}, K = {args.num_samples}: {metrics['log_likelihood_nats']:.2f} "
+          f"+- {metrics['log_likelihood_stderr']:.2f} nats per image "
+          f"(ELBO {metrics['elbo_nats']:.2f}; {len(test)} images, statically binarized)")
 
     # The same 10 draws of z decoded with each label: rows are digits, columns share a "style".
     z = cvae.prior().sample((10,))

@@ -1,7 +1,8 @@
 """A VAE with a prior and a likelihood of your own: copy this file and edit the two classes.
 
 pyrovae's plug-ins are plain ``torch.nn.Module``s (the contracts are in the docstrings of
-``pyrovae/priors.py`` and ``pyrovae/likelihoods.py``). This script defines two that pyrovae does not ship:
+``pyrovae/components/priors.py`` and ``pyrovae/components/likelihoods.py``). This script defines two that
+pyrovae does not ship:
 
 * ``StudentTPrior``: p(z) = prod_j StudentT(z_j; nu, 0, 1) with the degrees of freedom nu learned
   (nu = softplus(raw) + 1 > 1, so the mean exists). Heavy tails let a few points sit far out in
@@ -30,9 +31,8 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import nn
 from torch.nn.functional import softplus
 
-from pyrovae import VAE
-from pyrovae.evaluate import log_likelihood
-from pyrovae.train import make_optimizer, train_step
+from pyrovae import VAE, log_likelihood
+from pyrovae.training import make_optimizer
 
 TRIALS = 20  # the known number of trials n of every count
 
@@ -125,14 +125,17 @@ def main(steps: int = 400, batch_size: int = 100, z_dim: int = 2) -> None:
     with pyro.validation_enabled(False):
         for step in range(steps):
             idx = torch.randint(0, train.shape[0], (batch_size,))
-            loss = train_step(vae, elbo, optimizer, train[idx], num_data=train.shape[0])
+            loss = elbo.differentiable_loss(vae.model, vae.guide, train[idx], num_data=train.shape[0]) / train.shape[0]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
             if (step + 1) % 100 == 0:
                 print(f"  step {step + 1:4d}: loss {loss.item():8.2f} nats per point, "
                       f"prior df {vae.prior.df.item():.2f}")
 
     print(f"ELBO after training:  {elbo_per_point(vae, elbo, train):9.2f} nats per point (train)")
     print(f"                      {elbo_per_point(vae, elbo, test):9.2f} nats per point (test)")
-    result = log_likelihood(vae, test, num_samples=500, progress=False)
+    result = log_likelihood(vae.model, vae.guide, test, num_samples=500, progress=False)
     print(f"log p(x), K = 500 importance samples: {result['log_likelihood'].mean().item():9.2f} nats per point "
           f"(test; its ELBO {result['elbo'].mean().item():.2f})")
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from pyrovae.runs import draw_m2_figures
-from pyrovae.semisupervised import M2Config, fit_m2, load_m2_data
+from pyrovae import DataConfig, M2Config, RunConfig, TrainerConfig, fit
+from pyrovae.app.figures import draw_m2_figures
+from pyrovae.data import load_data
 
 
 def main() -> None:
@@ -32,14 +33,15 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    config = M2Config(num_labels=args.labels, train_size=args.train_size, epochs=args.epochs, z_dim=16,
-                      hidden=(256,), batch_size=100, lr=1e-3, data_dir=args.data_dir)
+    config = RunConfig(model=M2Config(num_labels=args.labels, z_dim=16, hidden=(256,)),
+                       trainer=TrainerConfig(epochs=args.epochs, batch_size=100, lr=1e-3),
+                       data=DataConfig(train_size=args.train_size, data_dir=args.data_dir))
     resume = (Path(args.out) / "checkpoint.pt").exists()  # never delete a folder: continue the run in it
-    data = load_m2_data(config)
-    m2, history = fit_m2(config, args.out, resume=resume, data=data, progress=False)
+    data = load_data(config.data, config.trainer.seed)
+    m2, history = fit(config, args.out, resume=resume, data=data, progress=False)
     for row in history:
         print(f"epoch {row['epoch']}: test accuracy {row['test_accuracy']:.4f}, "
-              f"unlabelled ELBO {row['unlabelled_elbo']:.1f} nats")
+              f"unlabelled ELBO {row['train_unlabelled_elbo']:.1f} nats")
 
     test = data[2]
     x, y = test.images[:8], test.labels[:8]
@@ -47,7 +49,7 @@ def main() -> None:
     print("M2.classify(x)  ", m2.classify(x).tolist())
     print("q(y|x) of the first image:", [round(p, 3) for p in m2.predict_proba(x[:1])[0].tolist()])
     torch.manual_seed(0)
-    for path in draw_m2_figures(m2, test, history, args.out):
+    for path in draw_m2_figures(m2, test, history, Path(args.out)):
         print("wrote", path)
 
 

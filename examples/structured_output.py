@@ -27,10 +27,11 @@ import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
+from pyrovae.app.figures import draw_completions
 from pyrovae.data import load_mnist
-from pyrovae.runs import draw_completions
-from pyrovae.structured import BaselineNet, StructuredCVAE, evaluate_structured, split_quadrants
-from pyrovae.train import make_optimizer
+from pyrovae.evaluation import evaluate
+from pyrovae.models.structured import BaselineNet, StructuredCVAE, split_quadrants
+from pyrovae.training import make_optimizer
 
 
 def main() -> None:
@@ -51,8 +52,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
 
     def batches():
-        for images, _ in train.batches(128, generator=generator):
-            yield split_quadrants(images, args.visible)  # x: -1 on hidden pixels; y: -1 on visible ones
+        for batch in train.batches(128, generator=generator):
+            yield split_quadrants(batch["x"], args.visible)  # x: -1 on hidden pixels; y: -1 on visible ones
 
     # 1. The baseline: maximum likelihood of the hidden pixels given the visible ones.
     baseline = BaselineNet(hidden=(500, 500))
@@ -69,7 +70,7 @@ def main() -> None:
         print(f"baseline epoch {epoch}: train -log p(y|x) {total / len(train):.2f} nats")
 
     # 2. The CVAE on top of the frozen baseline, whose prediction feeds the prior net p(z | x).
-    cvae = StructuredCVAE(z_dim=200, hidden=(500, 500), baseline=baseline)
+    cvae = StructuredCVAE(z_dim=200, hidden=(500, 500), baseline=baseline, visible=args.visible)
     optimizer = make_optimizer(cvae.cvae_parameters(), 1e-3)
     elbo = TraceMeanField_ELBO(max_plate_nesting=1)  # the KL between the two Normals in closed form
     for epoch in range(1, args.epochs + 1):
@@ -83,19 +84,20 @@ def main() -> None:
         print(f"CVAE epoch {epoch}: train ELBO {-total / len(train):.2f} nats")
     print(f"trained in {time.perf_counter() - t0:.0f} s")
 
-    # 3. -log p(y | x) on test images, hidden pixels only.
+    # 3. -log p(y | x) on test images, hidden pixels only: the importance-sampled estimate over the CVAE's
+    # programs with the cut images as their arguments, and the baseline's exact value.
     cvae.eval()
-    m = evaluate_structured(baseline, cvae, test.images[:args.test_size], args.visible, num_samples=args.k,
-                            progress=False)
-    print(f"\n-log p(y|x), nats per image over {m['hidden_pixels']} hidden pixels, {m['num_images']} test images:")
-    print(f"  baseline          {m['baseline_neg_cll_nats']:7.2f} +- {m['baseline_neg_cll_stderr']:.2f}")
-    print(f"  CVAE (K={args.k:<5})    {m['cvae_neg_cll_nats']:7.2f} +- {m['cvae_neg_cll_stderr']:.2f}"
-          f"   (-ELBO {m['cvae_neg_elbo_nats']:.2f})")
+    m = evaluate(cvae, test.subset(slice(0, args.test_size)), num_samples=args.k, progress=False,
+                 latent_statistics=False)
+    print(f"\n-log p(y|x), nats per image over the hidden pixels, {m['num_images']} test images:")
+    print(f"  baseline          {m['baseline_neg_cll']:7.2f} +- {m['baseline_neg_cll_stderr']:.2f}")
+    print(f"  CVAE (K={args.k:<5})    {-m['log_likelihood_nats']:7.2f} +- {m['log_likelihood_stderr']:.2f}"
+          f"   (-ELBO {-m['elbo_nats']:.2f})")
 
-    # 4. The figure.
+    # 4. The figure, in the folder --out names.
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(draw_completions(cvae, test.images[:10], args.visible, out / "completions.png"))
+    print(draw_completions(cvae, test.images[:10], out / "completions.png"))
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ def plot_completions(inputs: torch.Tensor, truth: torch.Tensor, baseline: torch.
 def plot_samples_by_label(samples: torch.Tensor, num_per_label: int, path, labels: Sequence | None = None,
                           title: str = "samples of p(x | z, y), one row per label (mean of p(x|z,y))") -> Path:
     """A grid with one row per label: ``samples (rows * num_per_label, 1, H, W)`` label-major (as
-    :meth:`pyrovae.conditional.CVAE.sample` returns them), each row marked with its label (default
+    :meth:`pyrovae.CVAE.sample` returns them), each row marked with its label (default
     0, 1, ...)."""
     rows = samples.shape[0] // num_per_label
     image = tile(samples, rows, num_per_label)

@@ -8,7 +8,7 @@ import pytest
 
 import typing
 
-from pyrovae.app.cli import COMMANDS, GROUP_PREFIX, build_parser, config_flags, main, run_config
+from pyrovae.app.cli import COMMANDS, build_parser, config_flags, main, run_config
 from pyrovae.training import RunConfig
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from pyrovae.app.cli import main
 from pyrovae.components.priors import MixtureOfGaussians, VampPrior
-from pyrovae.errors import ArgumentTypeError, ConfigError, DataError, PyroVAEError
+from pyrovae.errors import ConfigError, DataError, PyroVAEError
 from pyrovae.evaluation import evaluate, label_posterior, log_likelihood
 from pyrovae.inference import kl_method, kl_weight
 from pyrovae.models import CVAE, CVAEConfig, VAEConfig, family_for

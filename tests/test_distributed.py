@@ -127,7 +127,7 @@ def _worker(out: Path) -> None:
     optimizer = make_optimizer(vae.parameters(), 1e-2)
     for k in range(ADAM_STEPS):
         with FixedNoise(eps[k, half]):
-            adam_step(lambda: ddp({"x": x[half]})[0], optimizer)
+            adam_step(lambda wrapped=ddp: wrapped({"x": x[half]})[0], optimizer)
     del ddp
     torch.save({"own_init": own_init, "init": init, "grads": grads, "adam": vae.state_dict()},
                out / f"step_rank{rank}.pt")

@@ -11,7 +11,6 @@ from torch.distributions import kl_divergence
 
 from pyrovae import VAE
 from pyrovae.app.cli import main
-from pyrovae.data import ImageDataset
 from pyrovae.errors import ConfigError, DataError, PyroVAEError, UnsupportedError
 from pyrovae.evaluation import active_units, evaluate, kl_per_dimension, linear_probe, log_likelihood, plan_chunks
 from pyrovae.evaluation.memory import _peak_bytes, importance_pass

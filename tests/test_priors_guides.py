@@ -337,7 +337,8 @@ def test_kl_is_analytic_only_where_kl_divergence_has_a_rule():
     x = binary_images()
     for prior, guide, expected in (("standard_normal", "diagonal_normal", "analytic"),
                                    ("learned_normal", "diagonal_normal", "analytic"),
-                                   ("vamp", "diagonal_normal", "monte_carlo"), ("standard_normal", "iaf", "monte_carlo")):
+                                   ("vamp", "diagonal_normal", "monte_carlo"),
+                                   ("standard_normal", "iaf", "monte_carlo")):
         vae = make_vae(prior, guide)
         assert kl_method(vae.model, vae.guide, x) == expected, (prior, guide)
 

@@ -146,7 +146,8 @@ def test_early_stopping_ends_the_run_and_best_pt_holds_the_best_epoch(tmp_path):
 
 
 def test_early_stopping_needs_a_validation_split(tmp_path):
-    config = RunConfig(model=VAEConfig(z_dim=2, hidden=(8,)), trainer=TrainerConfig(epochs=2, early_stopping_patience=1))
+    config = RunConfig(model=VAEConfig(z_dim=2, hidden=(8,)),
+                       trainer=TrainerConfig(epochs=2, early_stopping_patience=1))
     with pytest.raises(ConfigError, match="needs a validation split"):
         fit(config, tmp_path, data=random_binary_data(64), progress=False)
 

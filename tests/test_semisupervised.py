@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from pyrovae.components.nets import LabelConditionedMLP
 from pyrovae.data import DataConfig, ImageDataset
-from pyrovae.errors import ArgumentTypeError, ConfigError, DataError, PyroVAEError, RunDirError
+from pyrovae.errors import ConfigError, DataError, PyroVAEError, RunDirError
 from pyrovae.models import check_labels
 from pyrovae.models.m2 import M2, M2Config, M2Objective, aux_loss_multiplier, balanced_labelled_subset
 from pyrovae.training import RunConfig, TrainerConfig, fit, load_run

@@ -192,7 +192,8 @@ def test_data_outside_the_likelihood_support_is_refused_before_training(tmp_path
     (dict(trainer=dict(beta=0)), "beta=0"),
     (dict(trainer=dict(lr=float("inf"))), "lr=inf"),
     (dict(model=dict(kind="vae", prior="uniform")), "unknown prior 'uniform'"),
-    (dict(model=dict(kind="vae", prior_options=dict(num_components=3))), "StandardNormal has no option 'num_components'"),
+    (dict(model=dict(kind="vae", prior_options=dict(num_components=3))),
+     "StandardNormal has no option 'num_components'"),
     (dict(model=dict(kind="gan")), "no model family of kind 'gan'"),
     (dict(model=dict(z_dim=3)), "needs a 'kind'"),
 ])

@@ -85,7 +85,8 @@ def draw_cvae_figures(cvae: CVAE, test: ImageDataset, history: list[dict], run_d
         means = torch.cat([cvae.encode(test.images[i:i + 2000].to(device), test.labels[i:i + 2000].to(device))["loc"]
                            for i in range(0, len(test), 2000)])
         written.append(plots.plot_latent_scatter(means, test.labels, run_dir / "latent_scatter.png"))
-        written.append(conditional_manifold(cvae, manifold_digit, run_dir / f"latent_manifold_digit{manifold_digit}.png"))
+        path = run_dir / f"latent_manifold_digit{manifold_digit}.png"
+        written.append(conditional_manifold(cvae, manifold_digit, path))
     return written
 
 

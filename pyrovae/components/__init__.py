@@ -10,6 +10,6 @@ from .likelihoods import LIKELIHOODS, Bernoulli
 from .nets import NETWORKS, MLPDecoder, MLPEncoder, build_conditional_networks, build_networks, mlp, one_hot
 from .priors import PRIORS, FlowPrior, LearnedNormal, MixtureOfGaussians, StandardNormal, VampPrior, check_prior
 
-__all__ = ["Bernoulli", "GUIDES", "IAF", "LIKELIHOODS", "NETWORKS", "PRIORS", "DiagonalNormal", "FlowPrior", "LearnedNormal",
-           "LowRankNormal", "MLPDecoder", "MLPEncoder", "MixtureOfGaussians", "StandardNormal", "VampPrior", "build_conditional_networks",
-           "build_networks", "check_prior", "mlp", "one_hot"]
+__all__ = ["Bernoulli", "GUIDES", "IAF", "LIKELIHOODS", "NETWORKS", "PRIORS", "DiagonalNormal", "FlowPrior",
+           "LearnedNormal", "LowRankNormal", "MLPDecoder", "MLPEncoder", "MixtureOfGaussians", "StandardNormal",
+           "VampPrior", "build_conditional_networks", "build_networks", "check_prior", "mlp", "one_hot"]

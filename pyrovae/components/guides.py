@@ -155,7 +155,7 @@ class IAF(nn.Module):
 
     Sampling (``rsample``) is one network pass per step. ``log_prob`` of the distribution's own sample
     reuses the cached base draw and scales (exact and cheap: all that the ELBO and
-    :func:`pyrovae.evaluate.log_likelihood` need); ``log_prob`` of any other z inverts each step in
+    :func:`pyrovae.evaluation.log_likelihood` need); ``log_prob`` of any other z inverts each step in
     ``z_dim`` sequential passes. The KL term is always Monte Carlo.
 
     ``params(h)`` gives ``base_loc`` and ``base_scale`` (mu, sigma: ``(*batch, z_dim)``), ``context``

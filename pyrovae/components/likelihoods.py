@@ -60,7 +60,7 @@ for real-valued data with outliers (any ``nn.Module`` with these members works; 
 
     vae = VAE(z_dim=10, x_shape=(30,), likelihood=StudentT((30,)))
 
-To make it available by name (``ModelConfig(likelihood="student_t")``), add it to the registry:
+To make it available by name (``VAEConfig(likelihood="student_t")``), add it to the registry:
 ``LIKELIHOODS["student_t"] = StudentT``. See ``examples/custom_prior_likelihood.py`` for a complete,
 runnable example with a prior and a likelihood of one's own.
 """

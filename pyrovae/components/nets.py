@@ -1,9 +1,9 @@
 """Encoder and decoder networks: plain ``torch.nn`` modules, nothing probabilistic.
 
 Shapes: an encoder maps images ``(*batch, C, H, W)`` to features ``(*batch, out_features)`` (the raw
-parameters of q(z|x), read by a guide family in :mod:`pyrovae.guides`). A decoder maps latents
+parameters of q(z|x), read by a guide family in :mod:`pyrovae.components.guides`). A decoder maps latents
 ``(*batch, z_dim)`` to ``(*batch, num_params, C, H, W)``: ``num_params`` numbers per data dimension,
-read by a likelihood in :mod:`pyrovae.likelihoods` (1 for Bernoulli logits). Any number of leading
+read by a likelihood in :mod:`pyrovae.components.likelihoods` (1 for Bernoulli logits). Any number of leading
 batch dimensions is allowed (Pyro's particle dimensions come first).
 """
 

@@ -234,8 +234,8 @@ class VampPrior(nn.Module):
     Cost: each call encodes the K pseudo-inputs, and ``log_prob`` of N points evaluates N x K component
     densities. With the diagonal-Normal guide that is two (N, z_dim) @ (z_dim, K) products
     (:class:`DiagonalNormalMixture`); other guide families broadcast temporaries of N K z_dim numbers
-    (:func:`pyrovae.evaluate.log_likelihood` measures this cost and sizes its chunks to its memory cap).
-    With a guide family whose log q needs an inverse flow (:class:`pyrovae.guides.IAF`) each density
+    (:func:`pyrovae.evaluation.log_likelihood` measures this cost and sizes its chunks to its memory cap).
+    With a guide family whose log q needs an inverse flow (:class:`pyrovae.components.guides.IAF`) each density
     costs ``z_dim`` network passes.
 
     Args:

@@ -51,11 +51,12 @@ def to_inference_data(samples: Mapping[str, torch.Tensor], image_ids: Sequence[i
     ``arviz.from_netcdf(path)``.
 
     Args:
-        samples: :func:`pyrovae.diagnostics.posterior_samples`' result: ``z`` ``(S, n, z_dim)``, ``log_weights`` ``(S, n)``.
+        samples: :func:`pyrovae.diagnostics.posterior_samples`' result: ``z`` ``(S, n, z_dim)``, ``log_weights``
+            ``(S, n)``.
         image_ids: n distinct integers naming the images (default 0..n-1).
         psis: :func:`pyrovae.diagnostics.psis_khat`'s result for the same images.
-        reference: image id -> :func:`pyrovae.diagnostics.mcmc_reference`'s result; all with the same number of chains and
-            draws.
+        reference: image id -> :func:`pyrovae.diagnostics.mcmc_reference`'s result; all with the same number of
+            chains and draws.
 
     Returns:
         an ``arviz.InferenceData`` with the groups above (values in float64).

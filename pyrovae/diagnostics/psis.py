@@ -103,7 +103,8 @@ def posterior_samples(model, guide, *args, num_samples: int = 1000, max_chunk: i
         ConfigError: ``num_samples`` or ``max_chunk`` < 1, or no site ``site``.
         DataError: arguments of different lengths.
     """
-    num_samples, max_chunk = checks.positive_int(num_samples, "num_samples"), checks.positive_int(max_chunk, "max_chunk")
+    num_samples = checks.positive_int(num_samples, "num_samples")
+    max_chunk = checks.positive_int(max_chunk, "max_chunk")
     check_arguments(args)
     device = program_device(model)
     with frozen_programs(model):

@@ -9,5 +9,5 @@ from .structured import StructuredConfig, StructuredCVAE
 from .vae import VAE, PlugInConfig, VAEConfig, check_data
 
 __all__ = ["CVAE", "CVAEConfig", "FAMILIES", "Family", "LossRecord", "M2", "M2Config", "M2Objective", "ModelConfig",
-           "PlugInConfig", "Stage", "StructuredCVAE", "StructuredConfig", "VAE", "VAEConfig", "check_data", "check_labels",
-           "config_from_dict", "data_plate", "family_for", "register_family"]
+           "PlugInConfig", "Stage", "StructuredCVAE", "StructuredConfig", "VAE", "VAEConfig", "check_data",
+           "check_labels", "config_from_dict", "data_plate", "family_for", "register_family"]

@@ -14,8 +14,9 @@ Guide::
 
 The label is an input that both programs condition on, not a random variable: it is not a Pyro sample
 site, so the ELBO is a bound on log p(x | y). Labels are integer tensors ``(batch,)``; the networks see
-them one-hot. The prior, likelihood and guide family are the plug-ins of :mod:`pyrovae.priors`,
-:mod:`pyrovae.likelihoods` and :mod:`pyrovae.guides`, used exactly as :class:`pyrovae.VAE` uses them, and
+them one-hot. The prior, likelihood and guide family are the plug-ins of :mod:`pyrovae.components.priors`,
+:mod:`pyrovae.components.likelihoods` and :mod:`pyrovae.components.guides`, used exactly as
+:class:`pyrovae.VAE` uses them, and
 ``beta`` weighs the latent site as in :meth:`pyrovae.VAE.model` (beta-CVAE).
 
 How the networks see the label (:func:`build_conditional_networks`):
@@ -85,9 +86,9 @@ class CVAE(VAE):
         network: ``"mlp"`` or ``"conv"``, the conditional networks built when ``encoder``/``decoder`` are
             not given (see :func:`build_conditional_networks`).
         hidden: hidden-layer sizes of the MLP encoder; the decoder mirrors them (default ``(512, 512)``).
-        prior: p(z), see :mod:`pyrovae.priors` (default :class:`~pyrovae.priors.StandardNormal`).
-        likelihood: p(x|z, y), see :mod:`pyrovae.likelihoods` (default :class:`~pyrovae.likelihoods.Bernoulli`).
-        guide_family: q(z|x, y), see :mod:`pyrovae.guides` (default :class:`~pyrovae.guides.DiagonalNormal`).
+        prior: p(z), see :mod:`pyrovae.components.priors` (default :class:`~pyrovae.components.priors.StandardNormal`).
+        likelihood: p(x|z, y), see :mod:`pyrovae.components.likelihoods` (default ``Bernoulli``).
+        guide_family: q(z|x, y), see :mod:`pyrovae.components.guides` (default ``DiagonalNormal``).
         encoder, decoder: networks of your own: ``encoder(x, y_one_hot) -> (*batch, num_features)`` and
             ``decoder(z, y_one_hot) -> (*batch, num_params, *x_shape)``, with ``y_one_hot (*batch, num_classes)``.
 

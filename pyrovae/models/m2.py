@@ -139,27 +139,25 @@ def balanced_labelled_subset(labels: torch.Tensor, num_labels: int, seed: int = 
 class M2Config(PlugInConfig):
     """What :meth:`M2.from_config` needs, and how M2's batches are drawn.
 
-    Defaults follow the Pyro SS-VAE tutorial where it states them (z_dim 50, one hidden layer of 500
-    softplus units, Adam with beta1 0.9, unlabelled batches of 200, 50 epochs; the trainer's defaults
-    for an M2 run are in :data:`TRAINER_DEFAULTS`), except the learning rate: 3e-3, chosen on validation accuracy (``benchmarks/RESULTS.md``). M2 is still far from
-    converged after 50 epochs at the tutorial's nominal 4.2e-4 or at 1e-3: at 100 labels, 3e-3 reaches
-    in 17 epochs the validation accuracy 1e-3 reaches in 50, and at every label count it ends higher.
-    (The tutorial's example also trains faster than its nominal rate: it steps its auxiliary SVI on
-    every mini-batch, and on unlabelled ones that zero loss still lets Adam step every parameter, which
-    halves Adam's second-moment estimate and moves the parameters about sqrt(2) times as far.)
+    Defaults follow the Pyro SS-VAE tutorial where it states them (z_dim 50, one hidden layer of 500 softplus
+    units, Adam with beta1 0.9, unlabelled batches of 200, 50 epochs; the trainer's defaults for an M2 run are
+    in :data:`TRAINER_DEFAULTS`), except the learning rate: 3e-3, chosen on validation accuracy
+    (``benchmarks/RESULTS.md``). M2 is still far from converged after 50 epochs at the tutorial's nominal 4.2e-4
+    or at 1e-3: at 100 labels, 3e-3 reaches in 17 epochs the validation accuracy 1e-3 reaches in 50, and at
+    every label count it ends higher. (The tutorial's example also trains faster than its nominal rate: it steps
+    its auxiliary SVI on every mini-batch, and on unlabelled ones that zero loss still lets Adam step every
+    parameter, which halves Adam's second-moment estimate and moves the parameters about sqrt(2) times as far.)
     ``lr_schedule="cosine"`` anneals the rate by a half cosine to ``lr * final_lr_ratio`` over ``epochs``
-    (:func:`pyrovae.training.lr_factor`; resumed runs continue it where they stopped; extending ``epochs``
-    on resume stretches the schedule, so the rate jumps up); the default holds it constant, under
-    which the first E epochs of a longer run are exactly the E-epoch run. At 100 labels and 100 epochs
-    the cosine schedule ended 1.0-1.3 points below the constant rate on two seeds (``benchmarks/RESULTS.md``):
-    accuracy keeps rising at a constant 3e-3 for hundreds of epochs, and annealing stops that. The
-    labels' weight defaults to Kingma et al.'s alpha = 0.1 N on every labelled image (see the module
-    docstring). One epoch is
-    one pass over the unlabelled images; every step also takes a labelled batch of
-    ``labelled_batch_size``, cycling through the labelled subset (reshuffled at each pass). Kingma et
-    al.'s code and the tutorial instead visit each labelled image once per epoch; both are unbiased
-    estimates of the same J^alpha (the plates scale each batch to its set), and a labelled batch at
-    every step gives the classification term lower variance.
+    (:func:`pyrovae.training.lr_factor`; resumed runs continue it where they stopped; extending ``epochs`` on
+    resume stretches the schedule, so the rate jumps up); the default holds it constant, under which the first E
+    epochs of a longer run are exactly the E-epoch run. At 100 labels and 100 epochs the cosine schedule ended
+    1.0-1.3 points below the constant rate on two seeds (``benchmarks/RESULTS.md``): accuracy keeps rising at a
+    constant 3e-3 for hundreds of epochs, and annealing stops that. The labels' weight defaults to Kingma et
+    al.'s alpha = 0.1 N on every labelled image (see the module docstring). One epoch is one pass over the
+    unlabelled images; every step also takes a labelled batch of ``labelled_batch_size``, cycling through the
+    labelled subset (reshuffled at each pass). Kingma et al.'s code and the tutorial instead visit each labelled
+    image once per epoch; both are unbiased estimates of the same J^alpha (the plates scale each batch to its
+    set), and a labelled batch at every step gives the classification term lower variance.
     """
 
     kind: Literal["m2"] = "m2"
@@ -374,7 +372,8 @@ class M2(Family):
             loss = terms["loss"] / n
             classification = (terms["classification"].detach() / (n_l * multiplier) if multiplier > 0
                               else torch.full((), math.nan, device=loss.device))
-            return LossRecord(loss, {"objective": -loss.detach(), "unlabelled_elbo": -terms["unlabelled"].detach() / n_u,
+            return LossRecord(loss, {"objective": -loss.detach(),
+                                     "unlabelled_elbo": -terms["unlabelled"].detach() / n_u,
                                      "labelled_elbo": -terms["labelled"].detach() / n_l,
                                      "classification_loss": classification}, int(batch["x"].shape[0]))
 

@@ -103,7 +103,8 @@ def quadrant_masks(visible: int, image_shape: Sequence[int] = (1, 28, 28)) -> tu
 
 
 def check_images(images: torch.Tensor) -> None:
-    """Raise :class:`~pyrovae.errors.DataError` unless ``images`` is a float ``(batch, C, H, W)`` tensor of 0s and 1s."""
+    """Raise :class:`~pyrovae.errors.DataError` unless ``images`` is a float ``(batch, C, H, W)`` tensor of 0s
+    and 1s."""
     if not isinstance(images, torch.Tensor):
         raise DataError(f"images must be a torch.Tensor (batch, 1, 28, 28), got {type(images).__name__}")
     if images.dim() != 4:
@@ -151,10 +152,10 @@ def check_pair(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point():
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
             raise DataError(f"{name} must be a float tensor (batch, 1, 28, 28), got {got}; make x and y "
-                            "with pyrovae.structured.split_quadrants")
+                            "with pyrovae.models.structured.split_quadrants")
         if not ((t == 0) | (t == 1) | (t == MASK_VALUE)).all():
             raise DataError(f"{name} holds values other than 0, 1 and -1 (the mask value) or NaN; make x "
-                            "and y from binarized images with pyrovae.structured.split_quadrants")
+                            "and y from binarized images with pyrovae.models.structured.split_quadrants")
     if not (x == MASK_VALUE).any(dim=(1, 2, 3)).all():
         raise DataError("some images of x have no hidden pixel (no -1): there is nothing to predict")
     if y is not None:
@@ -162,7 +163,7 @@ def check_pair(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
             raise DataError(f"x has shape {tuple(x.shape)} but y has {tuple(y.shape)}; they must match")
         if not torch.equal(x == MASK_VALUE, y != MASK_VALUE):
             raise DataError("y must hold a pixel value exactly where x holds -1 (and -1 elsewhere); make x "
-                            "and y with pyrovae.structured.split_quadrants")
+                            "and y with pyrovae.models.structured.split_quadrants")
 
 
 def hidden_pixel_likelihood(logits: torch.Tensor, hidden: torch.Tensor) -> dist.Distribution:

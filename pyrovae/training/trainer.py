@@ -55,9 +55,11 @@ class _Monitor:
     """The best value of a stage's monitored validation metric, and the epochs since it last improved."""
 
     def __init__(self, stage: Stage, patience: int | None, saved: dict | None = None):
-        self.key, self.sign, self.patience = f"validation_{stage.monitor}", 1.0 if stage.mode == "max" else -1.0, patience
+        self.key, self.patience = f"validation_{stage.monitor}", patience
+        self.sign = 1.0 if stage.mode == "max" else -1.0
         saved = saved or {}
-        self.best, self.best_epoch, self.bad_epochs = saved.get("best"), saved.get("best_epoch"), saved.get("bad_epochs", 0)
+        self.best, self.best_epoch = saved.get("best"), saved.get("best_epoch")
+        self.bad_epochs = saved.get("bad_epochs", 0)
 
     def update(self, row: dict) -> bool:
         """Take the epoch's row; True when it is the best so far."""
@@ -217,12 +219,13 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         ddp = ctx.wrap(model, stage.loss)  # None for one process
         label = stage.name if len(stages) > 1 else None
         for epoch in range(start + 1, stage.epochs + 1):
-            row = _train_epoch(model, stage, plan, ddp, optimizer, scheduler, ctx, generator, sample_generator,
+            row = train_epoch(model, stage, plan, ddp, optimizer, scheduler, ctx, generator, sample_generator,
                                trainer, steps, epoch, label, progress)
             t0 = time.perf_counter() - row.pop("seconds")
             if validation is not None and stage.validate is not None:
                 with torch.no_grad():
-                    row.update({f"validation_{k}": v for k, v in ctx.mean_over_shards(stage.validate, validation).items()})
+                    values = ctx.mean_over_shards(stage.validate, validation)
+                    row.update({f"validation_{k}": v for k, v in values.items()})
             if model.test_each_epoch and stage.validate is not None:
                 with torch.no_grad():
                     row.update({f"test_{k}": v for k, v in ctx.mean_over_shards(stage.validate, test).items()})
@@ -262,10 +265,14 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     return model.eval(), history
 
 
-def _train_epoch(model: Family, stage: Stage, plan, ddp, optimizer, scheduler, ctx: DistributedContext,
+def train_epoch(model: Family, stage: Stage, plan, ddp, optimizer, scheduler, ctx: DistributedContext,
                  generator: torch.Generator, sample_generator: torch.Generator, trainer, steps: int, epoch: int,
                  label: str | None, progress: bool | None) -> dict:
-    """One epoch of ``stage``: the history row's ``train_*`` terms, ``beta``, ``lr`` and ``seconds``."""
+    """One epoch of ``stage`` over the batches of ``plan``: each step computes the stage's loss record (under
+    the KL weight of that step, through ``ddp`` when given), backpropagates, steps ``optimizer`` and
+    ``scheduler``; returns the history row's ``train_*`` terms (means over the epoch's observations, over
+    all processes), ``beta``, ``lr`` and ``seconds``. What :func:`fit` runs each epoch (and what
+    ``benchmarks/throughput.py`` times)."""
     model.train()
     t0 = time.perf_counter()
     device = ctx.device
