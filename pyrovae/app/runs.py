@@ -15,9 +15,9 @@ from pathlib import Path
 import pyro
 import torch
 
+from .. import checks
 from ..data.config import load_data
 from ..data.mnist import ImageDataset
-from ..errors import ConfigError
 from ..evaluation.metrics import evaluate
 from ..training.checkpoint import CONFIG, load_run, write_metrics
 from ..training.config import RunConfig
@@ -83,8 +83,8 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: 
             :func:`pyrovae.evaluation.evaluate`.
     """
     for name, value in (("test_size", test_size), ("probe_train_size", probe_train_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if value is not None:
+            checks.positive_int(value, name)
     context = init_distributed(resolve_device(device))
     model, config, _ = load_run(run_dir, context.device, which)
     seed = config.trainer.seed
@@ -135,8 +135,7 @@ def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str 
         ConfigError: ``n < 1``; ``digit`` or ``manifold`` for a family without labels; ``digit`` outside the
             run's labels; ``manifold`` without ``digit`` or with z_dim != 2.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n={n!r} must be a positive integer")
+    checks.positive_int(n, "n")
     model, config, _ = load_run(run_dir, resolve_device(device))
     test = _test_set(config, data_dir) if model.kind in SAMPLERS_NEED_DATA else None
     sampler = SAMPLERS.get(model.kind, sample_generic)

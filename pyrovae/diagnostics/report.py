@@ -51,6 +51,7 @@ import torch
 from .. import checks, plots
 from ..errors import ConfigError, UnsupportedError
 from ..evaluation.latents import posterior_means
+from ..evaluation.likelihood import summarize
 from ..evaluation.metrics import program_arguments
 from ..files import atomic_write_text
 from ..models.base import Family
@@ -88,12 +89,6 @@ def _jsonable(value):
     if isinstance(value, numbers.Real):
         return float(value) if math.isfinite(value) else None
     return value
-
-
-def _summary(values: torch.Tensor) -> dict:
-    v = values.double()
-    n = v.numel()
-    return {"mean": v.mean().item(), "stderr": v.std().item() / math.sqrt(n) if n > 1 else float("nan")}
 
 
 def _mcmc_row(image: int, ref: dict, samples: dict, psis: dict, j: int) -> dict:
@@ -282,7 +277,7 @@ def diagnose(model: Family, data, run_dir: str | os.PathLike, num_images: int = 
     if gaps is not None:
         names = ("log_likelihood", "elbo", "elbo_optimized", "inference_gap", "amortization_gap", "approximation_gap")
         for name in names:
-            summary[f"{name}_nats"] = _summary(gaps[name])
+            summary[f"{name}_nats"] = summarize(gaps[name])
         gap_json = {name: gaps[name] for name in names + (
             "log_likelihood_amortized", "log_likelihood_optimized", "elbo_stderr", "elbo_optimized_stderr",
             "amortization_gap_stderr")}

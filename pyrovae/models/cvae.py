@@ -47,6 +47,7 @@ from pydantic import Field
 from pyro.poutine.util import is_validation_enabled
 from torch import nn
 
+from .. import checks
 from ..components.nets import build_conditional_networks, one_hot
 from ..components.plugins import REGISTRIES
 from ..errors import ConfigError, DataError
@@ -254,8 +255,7 @@ class CVAE(VAE):
             ConfigError: ``n < 1``. DataError: a label outside ``0 .. num_classes - 1``, non-integer or
             not 1-d.
         """
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ConfigError(f"n={n!r} must be a positive integer (draws per label)")
+        n = checks.positive_int(n, "n", hint="draws per label")
         y = self._labels(y).repeat_interleave(int(n))
         z = self.prior().sample((y.shape[0],))
         return self.decode(z, y).mean

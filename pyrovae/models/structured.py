@@ -336,8 +336,9 @@ class StructuredCVAE(Family):
         baseline: the trained :class:`BaselineNet` whose prediction feeds the prior network; a fresh
             one when None (train it before the CVAE, as the first of :meth:`stages` does).
         image_shape: ``(C, H, W)`` (default ``(1, 28, 28)``).
-        prior_net, recognition_net, generation_net: networks of your own with the call signatures of
-            :class:`ConditionalGaussianNet` and :class:`GenerationNet`.
+        prior_net, recognition_net: networks of your own with :class:`ConditionalGaussianNet`'s
+            ``features(x, fill) -> (batch, 2 z_dim)`` (the loc and raw scale of a diagonal Normal);
+        generation_net: a network of your own with :class:`GenerationNet`'s call signature.
         visible: the number of visible quadrants of the batches it trains on (see
             :meth:`program_args`); None for a model used on given ``(x, y)`` pairs only.
 
