@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -12,6 +11,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import DataError
+from ..files import atomic_output
 
 
 def _import_arviz():
@@ -101,16 +101,6 @@ def to_inference_data(samples: Mapping[str, torch.Tensor], image_ids: Sequence[i
 
 def save_netcdf(idata: "az.InferenceData", path: str | os.PathLike) -> Path:
     """Write ``idata`` to ``path`` as NetCDF (h5netcdf) atomically: a reader sees the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         idata.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
+    return Path(path)
