@@ -41,10 +41,10 @@ import numpy as np
 import pyro
 import torch
 
-from pyrovae.conditional import evaluate_given_labels
-from pyrovae.config import ModelConfig, RunConfig
-from pyrovae.data import load_mnist_arrays
-from pyrovae.train import fit, load_data
+from pyrovae.data import DataConfig, load_data, load_mnist_arrays
+from pyrovae.evaluation import evaluate
+from pyrovae.models import CVAEConfig
+from pyrovae.training import RunConfig, fit
 
 
 def train_classifier(arrays: dict, kind: str, train_size: int | None, seed: int):
@@ -104,19 +104,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     for beta in (float(b) for b in args.beta.split(",")):
-        config = RunConfig(model=ModelConfig(conditional=True, network=args.network, z_dim=args.z_dim,
-                                             hidden=tuple(int(h) for h in args.hidden.split(","))),
-                           epochs=args.epochs, beta=beta, kl_warmup_epochs=args.kl_warmup_epochs,
-                           train_size=args.train_size, seed=args.seed, data_dir=args.data_dir)
+        config = RunConfig(model=CVAEConfig(network=args.network, z_dim=args.z_dim,
+                                            hidden=tuple(int(h) for h in args.hidden.split(","))),
+                           trainer={"epochs": args.epochs, "beta": beta, "kl_warmup_epochs": args.kl_warmup_epochs,
+                                    "seed": args.seed},
+                           data=DataConfig(train_size=args.train_size, data_dir=args.data_dir))
         out = Path(args.out or f"runs/bench-cvae-{args.network}") / f"beta{beta:g}"
-        data = load_data(config)
+        data = load_data(config.data, config.trainer.seed)
         t0 = time.perf_counter()
         cvae, history = fit(config, out, resume=(out / "checkpoint.pt").exists(), data=data)
         train_seconds = time.perf_counter() - t0
 
         pyro.set_rng_seed(args.seed)
         test = data[2]
-        loglik = evaluate_given_labels(cvae, test.images, test.labels, args.eval_num_samples)
+        # log p(x | y): the CVAE's log_likelihood_of; each test image with its true label
+        loglik = evaluate(cvae, test, args.eval_num_samples, latent_statistics=False)
         pyro.set_rng_seed(args.seed)
         images, digits = draw(cvae, args.per_digit, args.draws)
         predicted = clf.predict(images)
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---" * 13 + "|")
     for r in rows:
         ll = r["test_log_likelihood_given_label"]
-        print(f"| {r['beta']:g} | {ll['log_likelihood_given_label_nats']:.2f} "
-              f"+- {ll['log_likelihood_given_label_stderr']:.2f} | "
+        print(f"| {r['beta']:g} | {ll['log_likelihood_nats']:.2f} "
+              f"+- {ll['log_likelihood_stderr']:.2f} | "
               + " | ".join(f"{v:.3f}" for v in r["rate_per_digit"].values()) + f" | **{r['rate_overall']:.3f}** |")
 
     result = {

@@ -3,11 +3,12 @@ processes (one thread each) on MNIST.
 
 For each number of processes W, ``torchrun --standalone --nproc_per_node W`` runs this script in worker
 mode. Every process builds the default MLP VAE (784-512-512-50, Bernoulli likelihood, analytic KL),
-wraps it as ``pyrovae train`` does (:meth:`pyrovae.distributed.DistributedContext.wrap`; W = 1 is the
-plain single-process step), and takes ``--warmup`` untimed then ``--steps`` timed steps of
-:func:`pyrovae.train.train_step` with fused Adam on its shards of dynamically binarized MNIST
-(:func:`pyrovae.distributed.shard_batches`). Throughput is W x per-process batch x steps over rank 0's
-wall time between two barriers.
+wraps its loss as ``pyrovae train`` does (:meth:`pyrovae.training.distributed.DistributedContext.wrap`
+of ``batch -> vae.objective_record(elbo, batch, N)``; W = 1 is the plain single-process step), and takes
+``--warmup`` untimed then ``--steps`` timed training steps (the trainer's: the loss record's loss,
+backward, a fused Adam step) on its shards of dynamically binarized MNIST
+(:func:`pyrovae.training.distributed.shard_batches`). Throughput is W x per-process batch x steps over
+rank 0's wall time between two barriers.
 
 By default the per-process batch is fixed (``--batch-size``; weak scaling: the global batch grows with
 W, as with ``torchrun ... pyrovae train --batch-size B``); ``--fixed-global-batch`` splits one global
@@ -42,20 +43,33 @@ def worker(args: argparse.Namespace) -> None:
     import pyro
     import torch
 
-    from pyrovae.config import ModelConfig, build_model
     from pyrovae.data import load_mnist
-    from pyrovae.distributed import init_distributed
-    from pyrovae.objectives import make_elbo
-    from pyrovae.train import make_optimizer, train_step
+    from pyrovae.inference import make_elbo
+    from pyrovae.models import VAE, VAEConfig
+    from pyrovae.training import make_optimizer
+    from pyrovae.training.distributed import init_distributed
 
     ctx = init_distributed("cpu")
     torch.set_num_threads(1)
     pyro.set_rng_seed(ctx.seed(0))
     train = load_mnist(args.data_dir, "dynamic")[0]
-    vae = build_model(ModelConfig())
+    vae = VAE.from_config(VAEConfig())
     elbo = make_elbo()
-    ddp = ctx.wrap(vae, elbo)
+
+    def loss(batch):  # the trainer's loss of a VAE: the negative ELBO per image, as a LossRecord
+        return vae.objective_record(elbo, batch, len(train))
+
+    ddp = ctx.wrap(vae, loss)
     optimizer = make_optimizer(vae.parameters(), 1e-3)
+
+    def train_step(batch):
+        """One step of the trainer: through the DDP wrapper for several processes (so that backward
+        averages the gradients), the loss record itself for one."""
+        value = ddp(batch)[0] if ddp is not None else loss(batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+
     batch = args.batch_size // ctx.world_size if args.fixed_global_batch else args.batch_size
     generator, sample_generator = torch.Generator().manual_seed(0), torch.Generator().manual_seed(ctx.seed(0, 1))
 
@@ -66,11 +80,11 @@ def worker(args: argparse.Namespace) -> None:
     stream = batches()
     with pyro.validation_enabled(False):
         for _ in range(args.warmup):
-            train_step(vae, elbo, optimizer, next(stream)[0], len(train), 1.0, ddp)
+            train_step(next(stream))
         ctx.barrier()
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            train_step(vae, elbo, optimizer, next(stream)[0], len(train), 1.0, ddp)
+            train_step(next(stream))
         ctx.barrier()
         seconds = time.perf_counter() - t0
     if ctx.is_main:
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        from pyrovae.distributed import cleanup
+        from pyrovae.training.distributed import cleanup
         try:
             return worker(args)
         finally:

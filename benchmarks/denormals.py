@@ -3,15 +3,16 @@
 As training goes on, the backward pass of a trained M2 produces gradients below float32's smallest
 normal number, 1.2e-38 (the forward activations hold none: the script counts them). x86 CPUs compute
 on such subnormals in microcode, many times slower, so M2 training slowed from about 22 s to about 200 s per
-epoch over 40 epochs at lr 3e-3. ``pyrovae.train.flush_denormals`` (used by ``fit``, ``fit_m2``,
-``fit_structured`` and the CLI) sets the CPU's flush-to-zero mode for the run.
+epoch over 40 epochs at lr 3e-3. ``pyrovae.training.flush_denormals`` (used by ``pyrovae.training.fit``,
+the one trainer of every family, and by the CLI) sets the CPU's flush-to-zero mode for the run.
 
 For a trained M2 run folder, the script restores the model and its Adam state from the checkpoint, draws
-real MNIST batches as ``fit_m2`` does (200 unlabelled, 100 labelled images), and times training steps
-(forward, backward, Adam) with flushing off and on, alternating the two ``--repeats`` times from the same
-starting state. It also counts the subnormal values in the Adam state and in the hidden activations of
-the classifier, encoder and decoder on those batches. The ratio is what matters: both modes run in the
-same process on the same batches. Prints a table, writes ``benchmarks/results/denormals.json``:
+real MNIST batches of the sizes M2's trainer uses (200 unlabelled, 100 labelled images), and times
+training steps (forward, backward, Adam) with flushing off and on, alternating the two ``--repeats``
+times from the same starting state. It also counts the subnormal values in the Adam state and in the
+hidden activations of the classifier, encoder and decoder on those batches. The ratio is what matters:
+both modes run in the same process on the same batches. Prints a table, writes
+``benchmarks/results/denormals.json``:
 
     OMP_NUM_THREADS=1 python benchmarks/denormals.py --run runs/bench-ss-lr3e3/labels100 --data-dir ../shared/data
 """
@@ -27,8 +28,9 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyrovae.semisupervised import M2Objective, load_m2_data, load_m2_run
-from pyrovae.train import make_optimizer
+from pyrovae.data import load_data
+from pyrovae.models.m2 import M2Objective
+from pyrovae.training import load_run, make_optimizer, read_metrics
 
 TINY = torch.finfo(torch.float32).tiny
 
@@ -92,9 +94,12 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_flush_denormal(False)  # the state exactly as the checkpoint holds it
-    m2, config, state = load_m2_run(args.run)
+    m2, config, state = load_run(args.run)
+    if config.kind != "m2":
+        raise SystemExit(f"{args.run} holds a {config.kind} run; pass an M2 run folder (pyrovae semisupervised)")
     m2.train()
-    train, _, _ = load_m2_data(config.model_copy(update={"data_dir": args.data_dir or config.data_dir}))
+    data = config.data.replace(data_dir=args.data_dir or config.data.data_dir)
+    train, _, _ = load_data(data, config.trainer.seed)
     g = torch.Generator().manual_seed(0)
     index = torch.randperm(len(train), generator=g)
     batches = []
@@ -102,9 +107,11 @@ def main() -> None:
         u = index[i * 300: i * 300 + 200]
         lab = index[i * 300 + 200: i * 300 + 300]
         batches.append((train.get(u, g), train.get(lab, g), train.labels[lab]))
-    n_l = len(state["labelled_indices"])
+    n_l = len(state["family_state"]["labelled_indices"])
     n_u = len(train) - n_l
-    objective = M2Objective(float(json.loads((Path(args.run) / "metrics.json").read_text())["aux_loss_multiplier"]))
+    metrics = read_metrics(args.run)  # the weight the run trained with; top-level in runs of pyrovae < 0.2
+    objective = M2Objective(float(metrics.get("training", {}).get("aux_loss_multiplier",
+                                                                  metrics.get("aux_loss_multiplier"))))
 
     adam_state = state["optimizer"]
     optimizer_subnormals = sum(_subnormal(v) for s in adam_state["state"].values() for v in s.values()
@@ -116,12 +123,12 @@ def main() -> None:
     for _ in range(args.repeats):
         for flush in (False, True):
             m2.load_state_dict(start)
-            optimizer = make_optimizer(m2.parameters(), config.lr)
+            optimizer = make_optimizer(m2.parameters(), config.trainer.lr)
             optimizer.load_state_dict(copy.deepcopy(adam_state))
             seconds[flush].append(_time_steps(m2, optimizer, batches, objective, n_u, n_l, flush))
     best = {k: min(v)[0] for k, v in seconds.items()}
     best_backward = {k: min(v)[1] for k, v in seconds.items()}
-    row = {"run": args.run, "epochs_trained": int(state["epoch"]), "lr": config.lr,
+    row = {"run": args.run, "epochs_trained": int(state["epoch"]), "lr": config.trainer.lr,
            "seconds_per_step_subnormals_computed": best[False], "seconds_per_step_flushed": best[True],
            "slowdown": best[False] / best[True],
            "backward_seconds_subnormals_computed": best_backward[False], "backward_seconds_flushed": best_backward[True], "adam_state_subnormals": optimizer_subnormals,

@@ -41,7 +41,7 @@ def _child(argv: list[str], report: str) -> int:
     """Run ``pyrovae evaluate`` in this process and write its peak resident memory to ``report``."""
     import torch  # noqa: F401  (the baseline includes torch, Pyro and pyrovae, as the command does)
 
-    from pyrovae.cli import main
+    from pyrovae.app.cli import main
 
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()

@@ -19,10 +19,9 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyrovae.checkpoint import load_run
-from pyrovae.config import RunConfig
-from pyrovae.evaluate import evaluate
-from pyrovae.train import fit, load_data
+from pyrovae.data import DataConfig, load_data
+from pyrovae.evaluation import evaluate
+from pyrovae.training import RunConfig, fit, load_run
 
 
 def main() -> None:
@@ -38,12 +37,12 @@ def main() -> None:
 
     out = Path(args.out)
     snapshots = sorted({int(e) for e in args.snapshots.split(",") if e} - {args.epochs})
-    config = RunConfig(epochs=args.epochs, data_dir=args.data_dir)
-    data = load_data(config)
+    config = RunConfig(trainer={"epochs": args.epochs}, data=DataConfig(data_dir=args.data_dir))
+    data = load_data(config.data, config.trainer.seed)
 
-    def snapshot(epoch, vae, ckpt):
-        if epoch in snapshots:
-            shutil.copyfile(ckpt, out / f"checkpoint-epoch{epoch}.pt")
+    def snapshot(vae, row, ckpt):
+        if row["epoch"] in snapshots:
+            shutil.copyfile(ckpt, out / f"checkpoint-epoch{row['epoch']}.pt")
 
     t0 = time.perf_counter()
     if (out / "checkpoint.pt").exists():

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from pyrovae.checkpoint import load_run
 from pyrovae.data import load_mnist
 from pyrovae.diagnostics import mcmc_reference
+from pyrovae.training import load_run
 
 
 def main() -> None:
@@ -39,13 +39,13 @@ def main() -> None:
     args = p.parse_args()
 
     vae, config, _ = load_run(args.run)
-    data_dir = args.data_dir or os.environ.get("PYROVAE_DATA") or config.data_dir
-    _, _, test = load_mnist(data_dir, config.binarization, 0, seed=config.seed, train_size=1)
+    data_dir = args.data_dir or os.environ.get("PYROVAE_DATA") or config.data.data_dir
+    _, _, test = load_mnist(data_dir, config.data.binarization, 0, seed=config.trainer.seed, train_size=1)
     rows = []
     for i in args.images:
         for workers in args.workers:
-            ref = mcmc_reference(vae, test.images[i], args.samples, args.warmup, args.chains, seed=config.seed,
-                                 num_workers=workers)
+            ref = mcmc_reference(vae.model, test.images[i:i + 1], num_samples=args.samples, warmup=args.warmup,
+                                 num_chains=args.chains, seed=config.trainer.seed, num_workers=workers)
             rows.append({"image": i, "num_workers": ref["num_workers"], "seconds": ref["seconds"],
                          "max_rhat": ref["rhat"].max().item(), "min_ess_bulk": ref["ess_bulk"].min().item(),
                          "divergences": ref["divergences"], "step_size": ref["step_size"]})

@@ -3,7 +3,7 @@
 Reads finished M2 run folders (``pyrovae semisupervised`` or ``benchmarks/semisupervised.py``) and, for each
 budget E, applies the Pyro tutorial's protocol to the first E epochs of the run's history: the test
 accuracy at the epoch of best validation accuracy among epochs 1..E (the test set never picks the epoch).
-Because :func:`pyrovae.semisupervised.fit_m2` restores every RNG state on resume, the first E epochs of a
+Because :func:`pyrovae.training.fit` restores every RNG state on resume, the first E epochs of a
 longer run are exactly the run one would get with ``--epochs E``, so one long run answers every budget.
 That holds at a constant learning rate only: a cosine schedule is planned over the run's whole length, so a
 cosine run answers for its own length alone (shorter budgets are left out of the table).
@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pyrovae.semisupervised import M2Config, summarize_history
+from pyrovae.training import read_run_config, summarize_history
 from semisupervised import KINGMA_M2_ERROR, TUTORIAL  # the anchors, beside this script
 
 
@@ -34,24 +34,27 @@ def budget_rows(run_dir: Path, budgets: list[int]) -> list[dict]:
             raise SystemExit(f"{path} is missing: pass the folder of an M2 run (it holds config.json and "
                              "metrics.json)")
     history = json.loads(metrics_path.read_text())["history"]
-    config = M2Config.load(config_path)
+    config = read_run_config(run_dir)  # also a run folder of pyrovae 0.1
+    if config.kind != "m2":
+        raise SystemExit(f"{run_dir} holds a {config.kind} run; pass the folder of an M2 run")
     if not history or "validation_accuracy" not in history[0]:
         raise SystemExit(f"{run_dir} was trained without a validation set; the protocol needs one "
                          "(train with validation_size > 0)")
-    schedule = config.lr_schedule
+    num_labels, trainer = config.model.num_labels, config.trainer
+    schedule = trainer.lr_schedule
     if schedule == "cosine":  # epochs 1..E of a cosine run over T > E epochs are not the E-epoch run
-        budgets = [len(history)] if len(history) == config.epochs else []
+        budgets = [len(history)] if len(history) == trainer.epochs else []
     rows = []
     for budget in budgets:
         if budget > len(history):
             continue
-        summary = summarize_history(history[:budget])
-        rows.append({"run_dir": str(run_dir), "labels": config.num_labels, "seed": config.seed, "lr": config.lr,
+        summary = summarize_history(history[:budget], monitor="accuracy", mode="max")  # M2's monitor
+        rows.append({"run_dir": str(run_dir), "labels": num_labels, "seed": trainer.seed, "lr": trainer.lr,
                      "lr_schedule": schedule,
                      "epochs": budget, **summary,
-                     "pyro_tutorial_accuracy": TUTORIAL.get(config.num_labels),
-                     "kingma_m2_accuracy": (1 - KINGMA_M2_ERROR[config.num_labels]
-                                            if config.num_labels in KINGMA_M2_ERROR else None)})
+                     "pyro_tutorial_accuracy": TUTORIAL.get(num_labels),
+                     "kingma_m2_accuracy": (1 - KINGMA_M2_ERROR[num_labels]
+                                            if num_labels in KINGMA_M2_ERROR else None)})
     return rows
 
 

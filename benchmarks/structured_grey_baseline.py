@@ -1,7 +1,7 @@
 """Why pyrovae's quadrant-completion baseline scores above the Pyro tutorial's 100.4 nats (issue 4).
 
 pyrovae's baseline sees a *binarized* visible quadrant; the tutorial's sees grey values. This script
-trains the same baseline network (``pyrovae.structured.BaselineNet``, 500-500 MLP, Adam 1e-3, batch 128,
+trains the same baseline network (``pyrovae.models.structured.BaselineNet``, 500-500 MLP, Adam 1e-3, batch 128,
 1 visible quadrant) on grey visible pixels with dynamically binarized hidden targets, and reports the
 test NLL of the hidden pixels against the grey targets, in nats per image. Because the Bernoulli
 log-likelihood is linear in its target, that cross-entropy is exactly the expected NLL over random
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pyrovae.data import load_mnist
-from pyrovae.structured import MASK_VALUE, BaselineNet, quadrant_masks
+from pyrovae.models.structured import MASK_VALUE, BaselineNet, quadrant_masks
 
 
 def hidden_nll(net: BaselineNet, grey: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,8 @@ def main() -> None:
     curve = []
     for epoch in range(1, args.epochs + 1):
         net.train()
-        for grey, _ in train.batches(128, generator=generator):
+        for batch in train.batches(128, generator=generator):
+            grey = batch["x"]
             loss = hidden_nll(net, grey, torch.bernoulli(grey, generator=generator), hidden).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,14 +1,18 @@
 """Quadrant completion (Sohn, Lee & Yan 2015; Pyro's CVAE tutorial): baseline network vs CVAE with 1, 2
 and 3 visible quadrants.
 
-For each number of visible quadrants, trains one run (``pyrovae structured``: the baseline for
+For each number of visible quadrants, trains one run (the training of ``pyrovae structured``,
+:func:`pyrovae.training.fit` on a :class:`pyrovae.models.StructuredConfig`: the baseline for
 ``--epochs`` epochs, then the CVAE for ``--epochs`` epochs on top of the frozen baseline; Adam 1e-3,
 batch 128, z_dim 200, 500-500 MLPs, as the tutorial) and evaluates on the MNIST test set the negative
 conditional log-likelihood -log p(y | x) in nats per image, counted over the hidden pixels only: exact
-for the baseline, importance-sampled with ``--k`` draws from q(z | x, y) for the CVAE (with the -ELBO
-from the same draws beside it). Training images are binarized dynamically; test images once (seed 0).
-Prints a markdown table and writes JSON. A run folder that holds a checkpoint is resumed (a larger
-``--epochs`` then extends the CVAE stage only; the baseline keeps the epochs it was started with).
+for the baseline (``StructuredCVAE.test_metrics``), importance-sampled with ``--k`` draws from
+q(z | x, y) for the CVAE (:func:`pyrovae.evaluation.log_likelihood` on its programs; with the -ELBO
+from the same draws beside it), and their difference image by image (baseline - CVAE, with its paired
+standard error). Training images are binarized dynamically; test images once (seed 0). Writes these
+test metrics to the run folder's ``metrics.json`` (``test``) with its figures, prints a markdown table
+and writes JSON. A run folder that holds a checkpoint is resumed (a larger ``--epochs`` then extends the
+CVAE stage only; the baseline keeps the epochs it was started with).
 
     python benchmarks/structured_output.py --epochs 50 --k 1000 --out runs/bench-structured
 
@@ -25,14 +29,38 @@ import json
 import time
 from pathlib import Path
 
+import pyro
 import torch
 
-from pyrovae.runs import structured_run
-from pyrovae.structured import StructuredConfig
+from pyrovae.app.figures import draw_figures
+from pyrovae.data import DataConfig, load_data
+from pyrovae.evaluation import log_likelihood, summarize
+from pyrovae.models import StructuredConfig
+from pyrovae.models.structured import MASK_VALUE, split_quadrants
+from pyrovae.training import CONFIG, RunConfig, fit, write_metrics
 
 #: Pyro CVAE tutorial, 50 epochs, -(10-sample ELBO) on grey-valued test pixels (ANCHORS.md).
 TUTORIAL = {1: {"baseline": 100.4, "cvae": 71.8}, 2: {"baseline": 61.9, "cvae": 51.0},
             3: {"baseline": 25.4, "cvae": 24.2}}
+
+
+def quadrant_metrics(model, test, num_samples: int) -> dict:
+    """-log p(y | x) on the test images, nats per image over the hidden pixels: ``baseline_neg_cll``
+    (exact), ``cvae_neg_cll`` (importance-sampled, K = ``num_samples``), ``cvae_neg_elbo`` (from the same
+    draws) and ``gap`` (baseline - CVAE, image by image: its stderr is the paired one), each as
+    ``*_nats`` with ``*_stderr`` over images; ``visible``, ``hidden_pixels`` (per image),
+    ``num_samples``, ``num_images``, ``seconds``."""
+    t0 = time.perf_counter()
+    x, y = split_quadrants(test.images, model.visible)
+    baseline = model.test_metrics(test)["baseline_neg_cll"]
+    cvae = log_likelihood(model.model, model.guide, x, y, num_samples=num_samples, progress=False)
+    metrics = {"visible": model.visible, "hidden_pixels": int((x[0] == MASK_VALUE).sum())}
+    for name, values in (("baseline_neg_cll", baseline), ("cvae_neg_cll", -cvae["log_likelihood"]),
+                         ("cvae_neg_elbo", -cvae["elbo"]), ("gap", baseline + cvae["log_likelihood"])):
+        summary = summarize(values)
+        metrics.update({f"{name}_nats": summary["mean"], f"{name}_stderr": summary["stderr"]})
+    metrics.update(num_samples=num_samples, num_images=int(x.shape[0]), seconds=time.perf_counter() - t0)
+    return metrics
 
 
 def main() -> None:
@@ -53,20 +81,28 @@ def main() -> None:
 
     rows, histories = [], {}
     for visible in [int(v) for v in args.visible.split(",") if v]:
-        config = StructuredConfig(
-            visible=visible, epochs=args.epochs, z_dim=args.z_dim,
-            hidden=tuple(int(h) for h in args.hidden.split(",")), train_size=args.train_size,
-            test_size=args.test_size, eval_num_samples=args.k, seed=args.seed, device=args.device,
-            data_dir=args.data_dir)
+        config = RunConfig(
+            model=StructuredConfig(visible=visible, z_dim=args.z_dim,
+                                   hidden=tuple(int(h) for h in args.hidden.split(","))),
+            trainer={"epochs": args.epochs, "seed": args.seed, "device": args.device},
+            data=DataConfig(train_size=args.train_size, test_size=args.test_size, data_dir=args.data_dir),
+            evaluation={"num_samples": args.k})
         run_dir = Path(args.out) / f"q{visible}"
         t0 = time.perf_counter()
-        metrics = structured_run(config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), progress=False)
-        test = metrics["test"]
-        rows.append({**test, "train_seconds": sum(h["seconds"] for h in metrics["history"]),
+        data = load_data(config.data, config.trainer.seed)
+        model, history = fit(config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), data=data, progress=False)
+        saved = RunConfig.load(run_dir / CONFIG)  # on resume, the run's own settings
+        pyro.set_rng_seed(saved.trainer.seed)
+        test = quadrant_metrics(model, data[2], args.k)
+        test["binarization"] = (f"train {saved.data.binarization}; test binarized once (seed 0), "
+                                f"{test['num_images']} images")
+        write_metrics(run_dir, {"test": test})
+        draw_figures(model, data[2], history, run_dir, seed=saved.trainer.seed)
+        rows.append({**test, "train_seconds": sum(h["seconds"] for h in history),
                      "wall_seconds": time.perf_counter() - t0, "run_dir": str(run_dir),
                      "tutorial_baseline_nats": TUTORIAL[visible]["baseline"],
                      "tutorial_cvae_nats": TUTORIAL[visible]["cvae"]})
-        histories[visible] = metrics["history"]
+        histories[visible] = history
         print(json.dumps(rows[-1]), flush=True)
 
     n_test = rows[0]["num_images"] if rows else 0

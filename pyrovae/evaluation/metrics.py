@@ -50,7 +50,7 @@ def program_arguments(model: Family, data) -> tuple:
 def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | None = None,
              device: torch.device | str | None = None, progress: bool | None = None, max_memory_gb: float = 4.0,
              probe_train=None, active_threshold: float = 0.01, latent_statistics: bool = True,
-             context=None) -> dict:
+             context=None, per_image: bool = False) -> dict:
     """Test metrics of ``model`` on ``data``.
 
     Args:
@@ -63,6 +63,9 @@ def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | N
             (see :func:`pyrovae.evaluation.linear_probe`), tested on ``data``'s labels.
         active_threshold: the threshold of :func:`pyrovae.evaluation.active_units`.
         latent_statistics: compute the per-dimension KL and the active units (default True).
+        per_image: also return ``per_image``, a dict of ``(n,)`` tensors (``log_likelihood``, ``elbo``,
+            ``reconstruction``, ``kl`` and the family's own metrics), for paired comparisons between models on
+            the same data points (not JSON: leave it out of what you write).
 
     Returns:
         dict (JSON-ready) with
@@ -93,6 +96,8 @@ def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | N
     if num_samples:
         out = log_likelihood(model.model, model.guide, *args, num_samples=num_samples, max_chunk=max_chunk,
                              device=device, progress=progress, max_memory_gb=max_memory_gb, context=context)
+        if per_image:
+            metrics["per_image"] = {k: out[k] for k in ("log_likelihood", "elbo", "reconstruction", "kl")}
         ll, elbo = summarize(out["log_likelihood"]), summarize(out["elbo"])
         rec, kl = summarize(out["reconstruction"]), summarize(out["kl"])
         dims = model.num_observed_dims(*args)
@@ -111,6 +116,8 @@ def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | N
         for name, values in model.test_metrics(data).items():
             summary = summarize(values)
             metrics.update({name: summary["mean"], f"{name}_stderr": summary["stderr"]})
+            if per_image:
+                metrics.setdefault("per_image", {})[name] = values
     if latent_statistics:
         try:
             metrics["kl_per_dimension_nats"] = kl_per_dimension(model.model, model.guide, *args, device=device,

@@ -196,6 +196,23 @@ def run_config(state: dict) -> RunConfig:
         raise CheckpointError(f"the checkpoint's config cannot be read: {e}") from e
 
 
+def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
+    """The :class:`RunConfig` of a run folder of any family: its ``config.json``, or, for a run folder written
+    by pyrovae 0.1 (whose ``config.json`` has the old flat layout, see :func:`upgrade_v1`), its checkpoint's.
+
+    Raises:
+        ConfigError: an invalid ``config.json`` and no checkpoint to read instead.
+        CheckpointError: see :func:`load_checkpoint`.
+    """
+    run_dir = Path(run_dir)
+    try:
+        return RunConfig.load(run_dir / CONFIG)
+    except ConfigError:
+        if not (run_dir / CHECKPOINT).exists():
+            raise
+    return run_config(load_checkpoint(run_dir / CHECKPOINT))
+
+
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "last"
              ) -> tuple[Family, RunConfig, dict]:
     """Rebuild the trained model of a run folder from its checkpoint alone, whatever its family.

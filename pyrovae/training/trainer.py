@@ -80,16 +80,17 @@ class _Monitor:
         return {"key": self.key, "best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
 
-def summarize_history(history: list[dict], stage: Stage | None = None) -> dict:
+def summarize_history(history: list[dict], monitor: str = "objective", mode: str = "max") -> dict:
     """Headline numbers of a history: the last epoch's ``test_*`` values as ``final_test_*`` and, with a
-    validation split, the best value of the last stage's monitored metric (``best_validation_<name>``),
-    its ``best_validation_epoch`` and the ``test_*`` values of that epoch (``test_*_at_best_validation``:
-    the protocol of reporting the test metric at the epoch chosen on validation; the test split never
-    chooses anything)."""
+    validation split, the best value of the monitored metric ``validation_<monitor>`` over the last stage's
+    epochs (``best_validation_<monitor>``; ``mode`` "max" or "min" says which way is better), its
+    ``best_validation_epoch`` and the ``test_*`` values of that epoch (``test_*_at_best_validation``: the
+    protocol of reporting the test metric at the epoch chosen on validation; the test split never chooses
+    anything). A history's first E rows summarize the E-epoch run when the schedule does not depend on the
+    run's length (a constant learning rate)."""
     if not history:
         return {}
     out = {f"final_{k}": v for k, v in history[-1].items() if k.startswith("test_")}
-    monitor, mode = (stage.monitor, stage.mode) if stage is not None else ("objective", "max")
     key = f"validation_{monitor}"
     rows = [h for h in history if key in h and h.get("stage", None) == history[-1].get("stage", None)
             and isinstance(h[key], (int, float)) and math.isfinite(h[key])]
@@ -250,7 +251,8 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
                 save_checkpoint(run_dir / CHECKPOINT, checkpoint)
                 if improved and index == len(stages) - 1:
                     save_checkpoint(run_dir / BEST, checkpoint)
-                write_metrics(run_dir, {"history": history, **summarize_history(history, stages[-1])})
+                write_metrics(run_dir, {"history": history,
+                                        **summarize_history(history, stages[-1].monitor, stages[-1].mode)})
 
             ctx.on_main(write_epoch)
             if on_epoch_end is not None:
