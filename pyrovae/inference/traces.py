@@ -21,6 +21,12 @@ For each data point x_n and draw z_{k,n} ~ q(z | x_n),
 with each site weighed by its ``poutine.scale`` (beta on the latent sites, see
 :func:`pyrovae.inference.kl_weight`) and mask, but without the data plate's ``num_data / batch``
 factor, which belongs outside any log-sum-exp.
+
+Why not Pyro's ``pyro.infer.importance.vectorized_importance_weights``: it sums every site over the
+whole batch and returns one weight per particle, shape ``(K,)``, so the batch would act as a single
+observation. Every estimator here needs one weight per particle and data point, ``(K, batch)``, and
+the weights with the KL weight's scale but without the data plate's subsampling scale; the traces
+below keep the data plate's dimension for that.
 """
 
 from __future__ import annotations
@@ -40,35 +46,34 @@ PARTICLE_DIM = -2
 DATA_DIM = -1
 
 
-def particle_traces(model, guide, num_particles: int, *args, **kwargs):
-    """``(model_trace, guide_trace)`` for ``num_particles`` draws from the guide, vectorized.
+def trace_pair(model, guide, *args, num_particles: int = 1, vectorize: bool | None = None, **kwargs):
+    """``(model_trace, guide_trace)``: one run of the guide and of the model replayed on its draws, with
+    subsample sites pruned and no log-densities computed (the caller computes what it needs).
 
-    The guide runs inside ``pyro.plate("particles", num_particles, dim=-2)`` and the model is replayed
-    on its draws. Both traces have their log-densities computed (``site["log_prob"]`` as Pyro scales it,
-    ``site["unscaled_log_prob"]``) and their subsample sites pruned. Gradients flow through
+    With ``vectorize`` (by default when ``num_particles > 1``) both programs run inside
+    ``pyro.plate("particles", num_particles, dim=-2)``, so a site in the data plate has batch shape
+    ``(num_particles, batch)``; without it they run once, as they are. Gradients flow through
     reparameterized draws.
     """
-    with pyro.plate(PARTICLES, num_particles, dim=PARTICLE_DIM):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+    if vectorize is None:
+        vectorize = num_particles > 1
+    if vectorize:
+        with pyro.plate(PARTICLES, num_particles, dim=PARTICLE_DIM):
+            return trace_pair(model, guide, *args, vectorize=False, **kwargs)
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def particle_traces(model, guide, num_particles: int, *args, **kwargs):
+    """``(model_trace, guide_trace)`` for ``num_particles`` draws from the guide, always vectorized in the
+    ``particles`` plate (also for one draw), with their log-densities computed (``site["log_prob"]`` as
+    Pyro scales it, ``site["unscaled_log_prob"]``)."""
+    model_trace, guide_trace = trace_pair(model, guide, *args, num_particles=num_particles, vectorize=True,
+                                          **kwargs)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     return model_trace, guide_trace
-
-
-def trace_pair(model, guide, *args, num_particles: int = 1, **kwargs):
-    """``(model_trace, guide_trace)``: one run of the guide and of the model replayed on its draws, with K
-    particles vectorized in a ``particles`` plate at ``dim=-2`` when ``num_particles > 1``; subsample sites
-    pruned, no log-densities computed (the caller computes what it needs)."""
-    if num_particles > 1:
-        with pyro.plate(PARTICLES, num_particles, dim=PARTICLE_DIM):
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    else:
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
 
 
 def sample_sites(trace, observed: bool | None = None):
