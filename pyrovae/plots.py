@@ -26,21 +26,25 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 
 def tile(images: torch.Tensor | np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
-    """Tile ``(n, 1, H, W)`` or ``(n, H, W)`` images (n <= rows * cols) into one ``(rows*(H+pad), cols*(W+pad))``
-    grey array, row-major."""
+    """Tile ``(n, C, H, W)`` (C = 1 or 3) or ``(n, H, W)`` images (n <= rows * cols) into one grey
+    ``(rows*(H+pad), cols*(W+pad))`` array, or an RGB one with a last axis of 3, row-major."""
     a = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    a = a.reshape(a.shape[0], a.shape[-2], a.shape[-1])
-    h, w = a.shape[1:]
-    out = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad), dtype=np.float32)
+    channels = a.shape[1] if a.ndim == 4 else 1
+    a = a.reshape(a.shape[0], channels, a.shape[-2], a.shape[-1]).transpose(0, 2, 3, 1)
+    h, w = a.shape[1:3]
+    out = np.ones((rows * (h + pad) - pad, cols * (w + pad) - pad, channels), dtype=np.float32)
     for i, img in enumerate(a[: rows * cols]):
         r, c = divmod(i, cols)
         out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = img
-    return out
+    return out[..., 0] if channels == 1 else out
 
 
 def _image(array: np.ndarray, title: str, path, size: float = 6.0) -> Path:
     fig, ax = plt.subplots(figsize=(size, size * array.shape[0] / array.shape[1]))
-    ax.imshow(array, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if array.ndim == 3:
+        ax.imshow(np.clip(array, 0, 1), interpolation="nearest")
+    else:
+        ax.imshow(array, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     ax.set_title(title)
     return _save(fig, path)
@@ -48,6 +52,7 @@ def _image(array: np.ndarray, title: str, path, size: float = 6.0) -> Path:
 
 def plot_reconstructions(x: torch.Tensor, recon: torch.Tensor, path, cols: int = 16) -> Path:
     """Pairs of rows: inputs ``x (n, 1, H, W)`` above their reconstructions (pixel probabilities)."""
+    cols = min(cols, x.shape[0])
     n = (x.shape[0] // cols) * cols
     rows = []
     for r in range(0, n, cols):
@@ -91,15 +96,79 @@ def plot_elbo_curves(history: Sequence[dict], path, stage: str | None = None) ->
     return _save(fig, path)
 
 
-def plot_latent_scatter(z_mean: torch.Tensor, labels: torch.Tensor, path) -> Path:
-    """Encoded means ``z_mean (n, 2)`` of test images, coloured by digit ``labels (n,)``."""
+def plot_latent_scatter(z_mean: torch.Tensor, labels: torch.Tensor, path, label_names: Sequence[str] | None = None,
+                        what: str = "test images") -> Path:
+    """Encoded means ``z_mean (n, 2)``, coloured by class ``labels (n,)`` (digits for MNIST)."""
     z, y = z_mean.cpu().numpy(), labels.cpu().numpy()
+    k = int(y.max()) + 1 if len(y) else 1
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    sc = ax.scatter(z[:, 0], z[:, 1], c=y, cmap="tab10", s=2, alpha=0.6, vmin=-0.5, vmax=9.5)
-    fig.colorbar(sc, ax=ax, ticks=range(10), label="digit")
+    cmap = "tab10" if k <= 10 else "tab20" if k <= 20 else "viridis"
+    sc = ax.scatter(z[:, 0], z[:, 1], c=y, cmap=cmap, s=2 if len(z) > 2000 else 8, alpha=0.6, vmin=-0.5,
+                    vmax=max(k, 10 if k <= 10 else k) - 0.5)
+    bar = fig.colorbar(sc, ax=ax, ticks=range(k), label="digit" if label_names is None else "class")
+    if label_names is not None:
+        bar.ax.set_yticklabels([str(n)[:20] for n in label_names][:k])
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
-    ax.set_title("mean of q(z|x) for test images")
+    ax.set_title(f"mean of q(z|x) for {what}")
+    return _save(fig, path)
+
+
+def plot_feature_histograms(data: np.ndarray, reconstructions: np.ndarray, samples: np.ndarray, path,
+                            names: Sequence[str] | None = None, max_features: int = 16) -> Path:
+    """Per-feature histograms of ``data``, its ``reconstructions`` and model ``samples`` (each ``(n, d)``, in the
+    data's own units), for the first ``max_features`` features."""
+    d = min(data.shape[1], max_features)
+    cols = min(d, 4)
+    rows = -(-d // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for j, ax in enumerate(axes.flat):
+        if j >= d:
+            ax.set_axis_off()
+            continue
+        values = np.concatenate([data[:, j], reconstructions[:, j], samples[:, j]])
+        lo, hi = np.nanpercentile(values, [0.5, 99.5])
+        bins = np.linspace(lo, hi + 1e-9, 30)
+        for a, label, style in ((data, "test data", "stepfilled"), (reconstructions, "reconstructions", "step"),
+                                (samples, "draws of p(x)", "step")):
+            ax.hist(a[:, j], bins=bins, density=True, histtype=style, alpha=0.4 if style == "stepfilled" else 1,
+                    label=label)
+        ax.set_title(str(names[j])[:28] if names is not None else f"feature {j}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(f"data vs reconstructions vs samples (first {d} of {data.shape[1]} features)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_correlations(data: np.ndarray, samples: np.ndarray, path) -> Path:
+    """The feature correlation matrices of ``data`` and of model ``samples`` (each ``(n, d)``) side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, a, title in ((axes[0], data, "test data"), (axes[1], samples, "draws of p(x)")):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = np.nan_to_num(np.corrcoef(a, rowvar=False))
+        im = ax.imshow(c, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_title(f"correlations: {title}")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    return _save(fig, path)
+
+
+def plot_mean_variance(data: np.ndarray, samples: np.ndarray, path) -> Path:
+    """Per-feature mean against variance for count ``data`` and model ``samples`` (log-log), with the Poisson
+    line variance = mean: over-dispersion shows above it."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for a, label in ((data, "test data"), (samples, "samples of p(x)")):
+        m, v = a.mean(0), a.var(0)
+        keep = (m > 0) & (v > 0)
+        ax.scatter(m[keep], v[keep], s=6, alpha=0.6, label=label)
+    m = data.mean(0)
+    lo, hi = max(m[m > 0].min(), 1e-3) if (m > 0).any() else 1e-3, max(m.max(), 1e-2)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="variance = mean (Poisson)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("mean per feature")
+    ax.set_ylabel("variance per feature")
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -41,7 +41,7 @@ def _another_value(name: str, field, default) -> tuple[str, object]:
     if name in ("prior", "likelihood", "guide"):
         value = {"prior": "learned_normal", "likelihood": "continuous_bernoulli", "guide": "low_rank_normal"}[name]
         return value, value
-    value = {"device": "cuda:1", "data_dir": "/somewhere/data"}[name]
+    value = {"device": "cuda:1", "data_dir": "/somewhere/data", "source": "digits"}[name]
     return value, value
 
 

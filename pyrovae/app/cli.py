@@ -45,15 +45,17 @@ class TrainingCommand:
 
 
 COMMANDS = {
-    "train": TrainingCommand("train", "train a VAE (or with --conditional a label-conditional CVAE) on MNIST, then "
-                                      "evaluate it and draw its figures", (VAEConfig, CVAEConfig), {},
-                             "{network}-z{z_dim}"),
+    "train": TrainingCommand("train", "train a VAE (or with --conditional a label-conditional CVAE) on MNIST or your "
+                                      "own data (--data), then evaluate it and draw its figures",
+                             (VAEConfig, CVAEConfig), {"data.source": ["--data"]}, "{network}-z{z_dim}"),
     "structured": TrainingCommand("structured", "quadrant completion (Sohn et al. 2015): train a baseline net and a "
                                                 "CVAE, evaluate -log p(y|x) and draw completions", (StructuredConfig,),
-                                  {"evaluation.num_samples": ["--num-samples", "-k"]}, "structured-q{visible}"),
+                                  {"evaluation.num_samples": ["--num-samples", "-k"], "data.source": ["--data"]},
+                                  "structured-q{visible}"),
     "semisupervised": TrainingCommand("semisupervised", "semi-supervised M2 (Kingma et al. 2014): classify MNIST "
                                                         "from a few labels", (M2Config,),
-                                      {"model.num_labels": ["--labels"]}, "m2-{num_labels}labels"),
+                                      {"model.num_labels": ["--labels"], "data.source": ["--data"]},
+                                      "m2-{num_labels}labels"),
 }
 
 

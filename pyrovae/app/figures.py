@@ -33,20 +33,60 @@ def draw_curves(history: list[dict], run_dir: Path) -> list[Path]:
     return [plots.plot_elbo_curves(history, run_dir / "elbo.png", stage=history[-1].get("stage"))]
 
 
+def _display_scale(test: ImageDataset) -> float:
+    """What divides image values for display in [0, 1] (1 for binary and grey values, 16 for digits' levels)."""
+    top = float(test.images[:1000].max()) if len(test) else 1.0
+    return top if top > 1 else 1.0
+
+
+@torch.no_grad()
+def _latent_means(model, test: ImageDataset) -> torch.Tensor:
+    device = device_of(model)
+    return torch.cat([model.encode(test.images[i:i + 2000].to(device))["loc"].cpu() for i in range(0, len(test), 2000)])
+
+
+@torch.no_grad()
+def draw_table_figures(vae: VAE, test: ImageDataset, run_dir: Path) -> list[Path]:
+    """Data that is not images: per-feature histograms of the test data, its reconstructions (the mean of p(x|z)
+    at the mean of q(z|x)) and draws x ~ p(x|z), z ~ p(z), and their correlation matrices, all in the data's
+    own units; for count data (integer values, no transform) also the mean-variance plot of data and draws."""
+    device = device_of(vae)
+    x = test.images[:2000].to(device)
+    n = len(x)
+    data = test.in_data_units(x).flatten(1).cpu().numpy()
+    recon = test.in_data_units(vae.reconstruct(x)).flatten(1).cpu().numpy()
+    draws = vae.decode(vae.prior().sample((n,)).to(device)).sample()  # x ~ p(x | z), z ~ p(z)
+    samples = test.in_data_units(draws).flatten(1).cpu().numpy()
+    written = [plots.plot_feature_histograms(data, recon, samples, run_dir / "features.png", test.feature_names),
+               plots.plot_correlations(data, samples, run_dir / "correlations.png")]
+    if test.fitted is None and bool((x == x.round()).all()) and bool((x >= 0).all()):
+        written.append(plots.plot_mean_variance(data, samples, run_dir / "mean_variance.png"))
+    return written
+
+
 @torch.no_grad()
 def draw_vae_figures(vae: VAE, test: ImageDataset, history: list[dict], run_dir: Path, seed: int = 0) -> list[Path]:
-    """Reconstructions, prior samples, the curves and, for z_dim = 2, the latent scatter of the test set
-    and the 30x30 decoded manifold over [-4, 4]^2."""
+    """Images (``x_shape`` (C, H, W)): reconstructions and prior samples; other data: see
+    :func:`draw_table_figures`. Then the curves and, for z_dim = 2, the latent scatter of the test set (coloured
+    by label where the data has labels) and, for images, the 30x30 decoded manifold over [-4, 4]^2."""
     device = device_of(vae)
     pyro.set_rng_seed(seed)
-    x = test.images[:64].to(device)
-    written = [plots.plot_reconstructions(x, vae.reconstruct(x), run_dir / "reconstructions.png"),
-               plots.plot_samples(vae.sample(64), run_dir / "samples.png"), *draw_curves(history, run_dir)]
+    images = len(vae.x_shape) == 3
+    if images:
+        scale = _display_scale(test)
+        x = test.images[:64].to(device)
+        written = [plots.plot_reconstructions(x / scale, vae.reconstruct(x) / scale, run_dir / "reconstructions.png"),
+                   plots.plot_samples(vae.sample(64) / scale, run_dir / "samples.png")]
+    else:
+        written = draw_table_figures(vae, test, run_dir)
+    written += draw_curves(history, run_dir)
     if vae.z_dim == 2:
-        means = torch.cat([vae.encode(test.images[i:i + 2000].to(device))["loc"] for i in range(0, len(test), 2000)])
-        decoded = vae.decode(plots.manifold_grid(30, 4.0).to(device)).mean
-        written.append(plots.plot_latent_scatter(means, test.labels, run_dir / "latent_scatter.png"))
-        written.append(plots.plot_latent_manifold(decoded, 30, 4.0, run_dir / "latent_manifold.png"))
+        if test.labels is not None:
+            written.append(plots.plot_latent_scatter(_latent_means(vae, test), test.labels,
+                                                     run_dir / "latent_scatter.png", test.label_names))
+        if images:
+            decoded = vae.decode(plots.manifold_grid(30, 4.0).to(device)).mean / scale
+            written.append(plots.plot_latent_manifold(decoded, 30, 4.0, run_dir / "latent_manifold.png"))
     return written
 
 
@@ -150,12 +190,27 @@ def draw_figures(model: Family, test: ImageDataset, history: list[dict], run_dir
 
 def sample_vae(vae: VAE, run_dir: Path, n: int, seed: int, out: str | None, test: ImageDataset | None,
                digit: int | None = None, manifold: bool = False) -> Path:
+    """Images: a PNG grid of ``n`` prior samples (the mean of p(x|z)). Other data: a CSV of ``n`` draws
+    x ~ p(x|z), z ~ p(z), one row each, in the data's own units (the training split's transform undone) with
+    the feature names as its header."""
     if digit is not None or manifold:
         raise ConfigError(f"{run_dir} holds an unconditional VAE; --digit and --manifold need a run trained with "
                           "--conditional (or an M2 run, for --digit)")
     pyro.set_rng_seed(seed)
-    path = Path(out) if out else run_dir / f"samples_n{n}_seed{seed}.png"
-    return plots.plot_samples(vae.sample(n).cpu(), path)
+    if len(vae.x_shape) == 3:
+        path = Path(out) if out else run_dir / f"samples_n{n}_seed{seed}.png"
+        scale = _display_scale(test) if test is not None else 1.0
+        return plots.plot_samples(vae.sample(n).cpu() / scale, path)
+    path = Path(out) if out else run_dir / f"samples_n{n}_seed{seed}.csv"
+    with torch.no_grad():
+        draws = vae.decode(vae.prior().sample((n,)).to(device_of(vae))).sample()
+    values = (test.in_data_units(draws) if test is not None else draws).flatten(1).cpu().numpy()
+    names = (test.feature_names if test is not None and test.feature_names else
+             [f"feature_{j}" for j in range(values.shape[1])])
+    import pandas as pd
+    from ..files import atomic_write_text
+    atomic_write_text(path, pd.DataFrame(values, columns=list(names)).to_csv(index=False))
+    return path
 
 
 def sample_cvae(cvae: CVAE | M2, run_dir: Path, n: int, seed: int, out: str | None, test: ImageDataset | None,

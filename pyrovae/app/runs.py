@@ -16,10 +16,12 @@ import pyro
 import torch
 
 from .. import checks
-from ..data.config import load_data
-from ..data.mnist import ImageDataset
+from ..data.config import DataInfo, prepare_data
+from ..data.dataset import ArrayDataset, ImageDataset
+from ..errors import DataError
 from ..evaluation.metrics import evaluate
-from ..training.checkpoint import CONFIG, load_run, write_metrics
+from ..training.checkpoint import (CONFIG, check_same_data, load_run, read_data_info, read_run_config,
+                                  write_metrics)
 from ..training.config import RunConfig
 from ..training.distributed import init_distributed, is_main_process
 from ..training.optim import resolve_device
@@ -36,36 +38,73 @@ def test_binarization(binarization: str) -> str:
                                                                     "static, seed 0 (test set binarized once)")
 
 
+def _test_description(info: DataInfo) -> dict:
+    """How the test split was made, for metrics.json: its binarization (images) or transform (other data)."""
+    if info.binarization is not None:
+        return {"binarization": test_binarization(info.binarization)}
+    return {"data": info.source, "transform": (info.transform or {}).get("kind", "none"),
+            "test_size": info.sizes["test"]}
+
+
 def _data_config(config: RunConfig, data_dir: str | None, **changes):
     data_dir = data_dir if data_dir is not None else (os.environ.get("PYROVAE_DATA") or config.data.data_dir)
     return config.data.replace(data_dir=data_dir, **changes)
 
 
+def run_data(run_dir: str | os.PathLike, config: RunConfig | None = None, data=None, data_dir: str | None = None,
+             **changes) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset, DataInfo]:
+    """The data of a run folder: its config's data settings (with ``changes``), split as recorded and
+    transformed with the transform fitted at training time (``data.json``).
+
+    Args:
+        run_dir: the run folder. config: its config (read from it when None).
+        data: the data passed in Python for a run trained on data passed in Python.
+        data_dir: another MNIST root.
+
+    Raises:
+        DataError: the run was trained on data passed in Python and ``data`` is None; the data file has changed
+            since training.
+    """
+    config = config if config is not None else read_run_config(run_dir)
+    recorded = read_data_info(run_dir)
+    if data is None and recorded is not None and recorded.source.startswith("python:"):
+        raise DataError(f"{run_dir} was trained on data passed in Python ({recorded.source[7:]}), which the run folder "
+                        "does not hold: pass the same data (evaluate_run(run_dir, data=...)) or train on a file")
+    train, validation, test, info = prepare_data(_data_config(config, data_dir, **changes), config.trainer.seed,
+                                                 data=data, fitted=None if recorded is None else recorded.fitted)
+    check_same_data(recorded, info)
+    return train, validation, test, info
+
+
 def train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
-              progress: bool | None = None) -> dict:
+              progress: bool | None = None, data=None) -> dict:
     """``pyrovae train`` (any family): fit, then evaluate on the test split with
     ``config.evaluation.num_samples`` importance samples (seeded with the run's seed), draw the figures,
-    and return ``metrics.json``'s content. Under torchrun (data-parallel training, see
-    :mod:`pyrovae.training.distributed`) only rank 0 does all after ``fit``; the others return ``{}``."""
-    data = load_data(config.data, config.trainer.seed)
-    model, history = fit(config, run_dir, resume=resume, data=data, progress=progress)
+    and return ``metrics.json``'s content. ``data``: data passed in Python (see :func:`pyrovae.fit`) instead of
+    ``config.data.source``. Under torchrun (data-parallel training, see :mod:`pyrovae.training.distributed`)
+    only rank 0 does all after ``fit``; the others return ``{}``."""
+    if resume:  # the run's own data settings and transform
+        train, validation, test, info = run_data(run_dir, data=data, data_dir=config.data.data_dir)
+    else:
+        train, validation, test, info = prepare_data(config.data, config.trainer.seed, data=data)
+    model, history = fit(config, run_dir, resume=resume, data=(train, validation, test), progress=progress,
+                         data_info=info)
     if not is_main_process():
         return {}
     config = RunConfig.load(Path(run_dir) / CONFIG)  # on resume, the run's own settings
-    test = data[2]
     pyro.set_rng_seed(config.trainer.seed)
     metrics = evaluate(model, test, config.evaluation.num_samples, progress=progress)
     if "log_likelihood_nats" in metrics:
         log.info("test %s %.2f +- %.2f nats (K=%d), ELBO %.2f", model.log_likelihood_of, metrics["log_likelihood_nats"],
                  metrics["log_likelihood_stderr"], config.evaluation.num_samples, metrics["elbo_nats"])
     draw_figures(model, test, history, run_dir, seed=config.trainer.seed)
-    return write_metrics(run_dir, {"test": {**metrics, "binarization": test_binarization(config.data.binarization)}})
+    return write_metrics(run_dir, {"test": {**metrics, **_test_description(info)}})
 
 
 def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: str | None = None,
                  device: str = "cpu", max_chunk: int | None = None, progress: bool | None = None, *,
                  max_memory_gb: float = 4.0, probe: bool = True, probe_train_size: int = 10_000,
-                 latent_statistics: bool = True, test_size: int | None = None, which: str = "last") -> dict:
+                 latent_statistics: bool = True, test_size: int | None = None, which: str = "last", data=None) -> dict:
     """``pyrovae evaluate`` (any family): the K-sample test log-likelihood of the family's programs
     (log p(x), log p(x | y), log p(y | x)), the ELBO with its reconstruction and KL terms, the family's own
     test metrics, the per-dimension KL, the active units and a linear probe (see
@@ -88,30 +127,30 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: 
     context = init_distributed(resolve_device(device))
     model, config, _ = load_run(run_dir, context.device, which)
     seed = config.trainer.seed
-    train, _, test = load_data(_data_config(config, data_dir, validation_size=0, train_size=probe_train_size,
-                                            test_size=test_size), seed)
+    train, _, test, info = run_data(run_dir, config, data, data_dir, validation_size=0, train_size=probe_train_size,
+                                    test_size=test_size)
     pyro.set_rng_seed(context.seed(seed))
     probe_train = None
-    if probe and context.is_main:  # binarized once with the run's seed
+    if probe and context.is_main and train.labels is not None:  # binarized once with the run's seed
         probe_train = ImageDataset(train.get(torch.arange(len(train)), torch.Generator().manual_seed(seed)),
                                    train.labels, "static" if train.binarization != "dequantize" else "none")
     metrics = evaluate(model, test, num_samples, max_chunk=max_chunk, progress=progress, max_memory_gb=max_memory_gb,
                        probe_train=probe_train, latent_statistics=latent_statistics, context=context)
     if not context.is_main:
         return {}
-    metrics["binarization"] = test_binarization(config.data.binarization)
+    metrics.update(_test_description(info))
     key = f"test_K{num_samples}" + (f"_n{len(test)}" if test_size is not None else "") + \
         ("_best" if which == "best" else "")
     write_metrics(run_dir, {key: metrics})
     return metrics
 
 
-def _test_set(config: RunConfig, data_dir: str | None) -> ImageDataset:
-    return load_data(_data_config(config, data_dir, validation_size=0, train_size=None), config.trainer.seed)[2]
+def _test_set(run_dir, config: RunConfig, data_dir: str | None, data=None) -> ImageDataset:
+    return run_data(run_dir, config, data, data_dir, validation_size=0, train_size=None)[2]
 
 
 def diagnose_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, data_dir: str | None = None,
-                 device: str = "cpu", which: str = "last", **options) -> dict:
+                 device: str = "cpu", which: str = "last", data=None, **options) -> dict:
     """``pyrovae diagnose`` (any family): posterior diagnostics of a run on its test split (PSIS k-hat, NUTS
     reference posteriors, amortization gap, KL per dimension, active units; see
     :func:`pyrovae.diagnostics.diagnose`, which takes ``options``; parts a family does not support are
@@ -120,12 +159,12 @@ def diagnose_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     from ..diagnostics import diagnose  # imports ArviZ, which only this command needs
 
     model, config, _ = load_run(run_dir, resolve_device(device), which)
-    return diagnose(model, _test_set(config, data_dir), out if out is not None else run_dir, **options)
+    return diagnose(model, _test_set(run_dir, config, data_dir, data), out if out is not None else run_dir, **options)
 
 
 def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str | None = None,
                device: str = "cpu", digit: int | None = None, manifold: bool = False,
-               data_dir: str | None = None) -> Path:
+               data_dir: str | None = None, data=None) -> Path:
     """``pyrovae sample`` (any family): draws from a run folder as a PNG grid: prior samples of a VAE; for a
     CVAE or M2, ``n`` draws of ``digit`` or one row per digit (with ``manifold`` and z_dim = 2, a CVAE's
     decoded latent manifold of that digit); for a structured-output CVAE, completions of the first ``n``
@@ -137,6 +176,7 @@ def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str 
     """
     checks.positive_int(n, "n")
     model, config, _ = load_run(run_dir, resolve_device(device))
-    test = _test_set(config, data_dir) if model.kind in SAMPLERS_NEED_DATA else None
+    needs_data = model.kind in SAMPLERS_NEED_DATA or config.data.source != "mnist"  # the data's units, its names
+    test = _test_set(run_dir, config, data_dir, data) if needs_data else None
     sampler = SAMPLERS.get(model.kind, sample_generic)
     return sampler(model, Path(run_dir), n, seed, out, test, digit=digit, manifold=manifold)

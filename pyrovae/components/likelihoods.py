@@ -9,6 +9,9 @@ The contract (what :class:`pyrovae.VAE` relies on, and all a user's own likeliho
 * ``check_support(x)`` raises ``ValueError`` with an actionable message when data ``x`` lies outside
   the distribution's support; the model calls it once per public entry point, not per step.
 * optionally ``init_bias(output_layer, x)`` sets the decoder's output bias from the data mean.
+* optionally ``support``: a class attribute naming the data the likelihood takes, one of the keys of
+  :data:`SUPPORT_DESCRIPTIONS` (``"binary"``, ``"unit_interval"``, ``"real"``, ``"counts"``, ...); every
+  shipped likelihood has one.
 
 Build distributions with ``validate_args=False``: the data were checked once by ``check_support``,
 and Pyro's per-step validation would only cost time. Log-likelihoods are in nats per data point,
@@ -16,58 +19,65 @@ summed over all ``x_shape`` dimensions (log densities for continuous data, log p
 discrete data, so the two are not comparable with each other).
 
 Shipped likelihoods (:data:`LIKELIHOODS` maps the names to the classes; options are constructor
-keyword arguments, every class is built as ``Cls(x_shape, **options)``; ``normal`` and ``laplace`` take
-``learned_scale=True`` for a decoded scale, and then ``num_params = 2``):
+keyword arguments, every class is built as ``Cls(x_shape, **options)``; ``normal``, ``laplace`` and
+``student_t`` take ``learned_scale=True`` for a decoded scale, and then ``num_params = 2``):
 
-=================================== ===================================== ========== ============================
+=================================== ===================================== ========== ================================
 name                                class                                 num_params data x
-=================================== ===================================== ========== ============================
+=================================== ===================================== ========== ================================
 ``bernoulli``                       :class:`Bernoulli`                    1          {0, 1}
 ``continuous_bernoulli``            :class:`ContinuousBernoulli`          1          [0, 1]
 ``normal``                          :class:`Normal`                       1 or 2     real numbers
 ``laplace``                         :class:`Laplace`                      1 or 2     real numbers
+``student_t``                       :class:`StudentT`                     1 or 2     real numbers (outliers)
 ``beta``                            :class:`Beta`                         2          the open interval (0, 1)
 ``categorical_256``                 :class:`Categorical256`               256        8-bit grey levels k / 255
 ``discretized_logistic``            :class:`DiscretizedLogistic`          2          8-bit grey levels k / 255
+``categorical``                     :class:`Categorical`                  num_levels levels 0, 1, ..., num_levels - 1
 ``poisson``                         :class:`Poisson`                      1          counts 0, 1, 2, ...
 ``negative_binomial``               :class:`NegativeBinomial`             2          counts 0, 1, 2, ...
 ``zero_inflated_negative_binomial`` :class:`ZeroInflatedNegativeBinomial` 3          counts 0, 1, 2, ...
-=================================== ===================================== ========== ============================
+``binomial``                        :class:`Binomial`                     1          counts 0, 1, ..., total_count
+=================================== ===================================== ========== ================================
 
-Example, a likelihood of your own: a Student-t with fixed degrees of freedom and a learned scale,
-for real-valued data with outliers (any ``nn.Module`` with these members works; nothing to register)::
+Example, a likelihood of your own: a Normal whose scale is one learned parameter per dimension,
+shared by all data points rather than decoded (any ``nn.Module`` with these members works; its
+parameters are trained with the networks; nothing to register)::
 
     import pyro.distributions as dist
     import torch
     from torch import nn
     from torch.nn.functional import softplus
 
-    class StudentT(nn.Module):
-        num_params = 2                                  # location and raw scale per dimension
+    class SharedScaleNormal(nn.Module):
+        num_params = 1                                  # the location per dimension
+        support = "real"                                # optional, a key of SUPPORT_DESCRIPTIONS
 
-        def __init__(self, x_shape, df=4.0):
+        def __init__(self, x_shape):
             super().__init__()
-            self.x_shape, self.df = tuple(x_shape), df
+            self.x_shape = tuple(x_shape)
+            self.raw_scale = nn.Parameter(torch.zeros(self.x_shape))
 
-        def forward(self, params):                      # (*batch, 2, *x_shape)
-            loc, raw = params.unbind(-1 - len(self.x_shape))
-            return dist.StudentT(self.df, loc, softplus(raw) + 1e-3,
-                                 validate_args=False).to_event(len(self.x_shape))
+        def forward(self, params):                      # (*batch, 1, *x_shape)
+            loc = params.squeeze(-1 - len(self.x_shape))
+            return dist.Normal(loc, softplus(self.raw_scale) + 1e-3,
+                               validate_args=False).to_event(len(self.x_shape))
 
         def check_support(self, x):
             if not torch.isfinite(x).all():
                 raise ValueError("x holds NaN or infinite values; clean the data first")
 
-    vae = VAE(z_dim=10, x_shape=(30,), likelihood=StudentT((30,)))
+    vae = VAE(z_dim=10, x_shape=(30,), likelihood=SharedScaleNormal((30,)))
 
-To make it available by name (``VAEConfig(likelihood="student_t")``), add it to the registry:
-``LIKELIHOODS["student_t"] = StudentT``. See ``examples/custom_prior_likelihood.py`` for a complete,
-runnable example with a prior and a likelihood of one's own.
+To make it available by name (``VAEConfig(likelihood="shared_scale_normal")``), add it to the registry:
+``LIKELIHOODS["shared_scale_normal"] = SharedScaleNormal``. See ``examples/custom_prior_likelihood.py`` for
+a complete, runnable example with a prior and a likelihood of one's own.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import pyro.distributions as dist
 import torch
@@ -77,6 +87,26 @@ from torch.nn.functional import logsigmoid, softplus
 
 from ..errors import ConfigError, DataError
 from ..torchtools import inverse_softplus
+
+#: What each value of a likelihood's ``support`` class attribute means: the data x it takes.
+SUPPORT_DESCRIPTIONS = {
+    "binary": "binary values {0, 1}",
+    "unit_interval": "values in the closed interval [0, 1]",
+    "open_unit_interval": "values strictly inside the open interval (0, 1)",
+    "grey_levels": "8-bit grey levels k / 255, k = 0, 1, ..., 255, in [0, 1]",
+    "real": "any finite real number",
+    "counts": "non-negative whole-number counts 0, 1, 2, ...",
+    "bounded_counts": "whole-number counts 0, 1, ..., total_count",
+    "levels": "whole-number levels 0, 1, ..., num_levels - 1",
+}
+
+
+def _whole_number(value, name: str, minimum: int) -> int:
+    """``value`` as an int; ``ConfigError`` unless it is a whole number (16 or 16.0) of at least ``minimum``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer()
+            or value < minimum):
+        raise ConfigError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+    return int(value)
 
 
 def _check_finite(x: torch.Tensor) -> None:
@@ -98,6 +128,26 @@ def _check_counts(x: torch.Tensor, name: str) -> None:
         raise DataError(f"the {name} likelihood needs non-negative integer counts (as floats), got {bad} values "
                         f"that are negative or not whole numbers (values in {_range(x)}); pass raw counts, "
                         "not normalized or log-transformed data, or use a likelihood for continuous values")
+
+
+def _check_bounded_integers(x: torch.Tensor, name: str, upper: int, option: str, offset: int, advice: str) -> None:
+    """Raise ``DataError`` unless ``x`` is finite whole-number floats in ``[0, upper]``. ``option`` is the
+    constructor option that sets ``upper`` (``upper = option - offset``), named in the hint when the data
+    are non-negative whole numbers above ``upper``; ``advice`` is what to do otherwise."""
+    _check_finite(x)
+    fractional, outside = x != x.round(), (x < 0) | (x > upper)
+    if not (fractional.any() or outside.any()):
+        return
+    lo, hi = x.min().item(), x.max().item()
+    if not fractional.any() and lo >= 0:
+        hint = f"set {option}={int(hi) + offset} (or more) to cover the largest value"
+    elif lo >= 0 and hi <= 1:
+        hint = "these look like values scaled to [0, 1]: pass the unscaled whole numbers"
+    else:
+        hint = advice
+    raise DataError(f"the {name} likelihood needs whole numbers 0, 1, ..., {upper} (as floats), got "
+                    f"{fractional.sum().item()} values that are not whole numbers and {outside.sum().item()} "
+                    f"outside [0, {upper}] (values in {_range(x)}); {hint}")
 
 
 @torch.no_grad()
@@ -130,6 +180,7 @@ class Bernoulli(nn.Module):
     Log-likelihoods are in nats per image (summed over all ``x_shape`` dimensions).
     """
 
+    support = "binary"
     num_params = 1
 
     def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28)):
@@ -258,6 +309,7 @@ class ContinuousBernoulli(nn.Module):
     Raises (``check_support``): ``ValueError`` when x is not floating point, not finite, or outside [0, 1].
     """
 
+    support = "unit_interval"
     num_params = 1
 
     def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28)):
@@ -282,8 +334,9 @@ class ContinuousBernoulli(nn.Module):
 
 
 class _LocationScale(nn.Module):
-    """Shared code of :class:`Normal` and :class:`Laplace`."""
+    """Shared code of :class:`Normal`, :class:`Laplace` and :class:`StudentT`."""
 
+    support = "real"
     _dist = None
     num_params = 1  # 2 with a learned scale (set per instance)
 
@@ -394,6 +447,70 @@ class Laplace(_LocationScale):
         return (x - x.median(0).values).abs().mean(0)
 
 
+class StudentTDistribution(dist.StudentT):
+    """``pyro.distributions.StudentT`` whose ``mean`` is the location for every ``df``: the mean where it
+    exists (df > 1) and the median and mode always (torch's is NaN for df <= 1), so that
+    :meth:`VAE.reconstruct` and :meth:`VAE.sample` return finite values."""
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+
+class StudentT(_LocationScale):
+    r"""A factorized Student-t with fixed degrees of freedom for real-valued data with outliers:
+
+        log p(x | loc, s) = sum_d [ log Gamma((nu + 1)/2) - log Gamma(nu/2) - log(sqrt(nu pi) s_d)
+                                    - (nu + 1)/2 log(1 + ((x_d - loc_d) / s_d)^2 / nu) ]
+
+    in nats per data point, summed over ``x_shape``, with ``nu = df``. Heavier tails than
+    :class:`Normal` and :class:`Laplace`: an outlying dimension costs only about ``(nu + 1) log|x - loc|``,
+    so a few corrupted values do not dominate the reconstruction term. ``df = 1`` is the Cauchy; as
+    ``df`` grows it approaches the Normal. With a fixed scale (``num_params = 1``, ``params`` are the
+    locations) or with ``learned_scale=True`` (``num_params = 2``: location and raw scale,
+    ``s = softplus(raw) + min_scale``). ``mean`` is the location (see :class:`StudentTDistribution`).
+    Cf. Takahashi, Iwata, Yamanaka, Yamada & Yagi 2018, "Student-t variational autoencoder for robust
+    density estimation", IJCAI, whose decoder also outputs the degrees of freedom; here they are fixed.
+
+    Args:
+        x_shape: the shape of one data point.
+        df: the degrees of freedom ``nu`` (default 4.0; positive and finite).
+        scale: the fixed scale ``s`` (default 1.0, in the units of x; the standard deviation is
+            ``s sqrt(nu / (nu - 2))`` for nu > 2); ignored with a learned scale.
+        learned_scale: let the decoder output a per-dimension scale (default False).
+        min_scale: the scale's floor when learned (default 1e-3).
+
+    Shapes: ``params (*batch, num_params, *x_shape)``; the distribution has batch shape ``*batch``.
+
+    Raises: ``ValueError`` (:class:`~pyrovae.errors.ConfigError`) for a ``df`` that is not positive and
+    finite, or a non-positive ``scale`` or ``min_scale``; ``check_support`` raises ``ValueError`` when x
+    is not floating point or not finite.
+    """
+
+    def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28), df: float = 4.0, scale: float = 1.0,
+                 learned_scale: bool = False, min_scale: float = 1e-3):
+        super().__init__(x_shape, scale=scale, learned_scale=learned_scale, min_scale=min_scale)
+        if isinstance(df, bool) or not isinstance(df, numbers.Real) or not (math.isfinite(df) and df > 0):
+            raise ConfigError(f"df (the degrees of freedom) must be positive and finite, got {df!r}; 4 is a "
+                              "common choice, 1 gives the Cauchy, and large values approach 'normal'")
+        self.df = float(df)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, df={self.df:g}"
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        """``params (*batch, num_params, *x_shape)`` -> distribution with event shape ``x_shape``."""
+        loc, scale = self.loc_scale(params)
+        return StudentTDistribution(self.df, loc, scale, validate_args=False).to_event(len(self.x_shape))
+
+    def _spread(self, x, mean):
+        """The scale whose Student-t has the data's standard deviation (df > 2), or, where the variance
+        is infinite (df <= 2), the mean absolute deviation from the median."""
+        if self.df > 2 and x.shape[0] > 1:
+            return x.std(0) * math.sqrt((self.df - 2) / self.df)
+        return (x - x.median(0).values).abs().mean(0)
+
+
 # --- the open unit interval -----------------------------------------------------------------------------
 
 
@@ -418,6 +535,7 @@ class Beta(nn.Module):
     strictly inside (0, 1).
     """
 
+    support = "open_unit_interval"
     num_params = 2
 
     def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28), min_concentration: float = 1e-3):
@@ -520,6 +638,7 @@ class Categorical256(nn.Module):
     or not multiples of 1/255 (within 1e-3 / 255; raw 0..255 values get a hint to divide by 255).
     """
 
+    support = "grey_levels"
     num_params = LEVELS
 
     def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28)):
@@ -626,6 +745,7 @@ class DiscretizedLogistic(nn.Module):
     or not multiples of 1/255 (raw 0..255 values get a hint to divide by 255).
     """
 
+    support = "grey_levels"
     num_params = 2
 
     def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28), min_log_scale: float = -7.0):
@@ -670,6 +790,7 @@ class Poisson(nn.Module):
     non-negative whole numbers.
     """
 
+    support = "counts"
     num_params = 1
 
     def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28), min_rate: float = 1e-8):
@@ -719,6 +840,7 @@ class NegativeBinomial(nn.Module):
     non-negative whole numbers.
     """
 
+    support = "counts"
     num_params = 2
 
     def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28), min_mean: float = 1e-8, min_theta: float = 1e-4):
@@ -805,15 +927,173 @@ class ZeroInflatedNegativeBinomial(NegativeBinomial):
         _set_bias(output_layer, self.num_params, 0, inverse_softplus(mean - self.min_mean))
 
 
+class Binomial(nn.Module):
+    r"""A factorized binomial for counts out of a known number of trials, ``num_params = 1``: the
+    standard binomial likelihood, for integer data 0..``total_count`` such as scikit-learn's 8x8 digits
+    (pixel values 0..16, ``total_count=16``):
+
+        log p(x | l) = sum_d [ log C(n, x_d) + x_d log p_d + (n - x_d) log(1 - p_d) ],
+        p_d = sigmoid(l_d),  n = total_count,
+
+    in nats per data point, summed over ``x_shape``; mean ``n p``. The decoder output is the logit
+    ``l`` per dimension; built as ``pyro.distributions.Binomial(total_count, logits=l)``, whose
+    log-probability is computed from the logits (finite for any ``l``). With ``total_count=1`` it is
+    :class:`Bernoulli`.
+
+    Args:
+        x_shape: the shape of one data point.
+        total_count: the number of trials ``n``, the largest value x can take (default 16; a whole
+            number of at least 1).
+
+    Shapes: ``params (*batch, 1, *x_shape)``; the distribution has batch shape ``*batch``.
+
+    Raises: ``ValueError`` (:class:`~pyrovae.errors.ConfigError`) for a ``total_count`` that is not a
+    whole number >= 1; ``check_support`` raises ``ValueError`` when x is not floating point, not finite,
+    not whole numbers, or outside [0, total_count] (the message counts the offending values and says
+    what to change).
+    """
+
+    support = "bounded_counts"
+    num_params = 1
+
+    def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28), total_count: int = 16):
+        super().__init__()
+        self.x_shape, self.total_count = tuple(x_shape), _whole_number(total_count, "total_count", 1)
+
+    def extra_repr(self) -> str:
+        return f"x_shape={self.x_shape}, total_count={self.total_count}"
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        """``params (*batch, 1, *x_shape)`` logits -> distribution with event shape ``x_shape``."""
+        return dist.Binomial(self.total_count, logits=params.squeeze(-1 - len(self.x_shape)),
+                             validate_args=False).to_event(len(self.x_shape))
+
+    def check_support(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is finite whole-number floats in [0, total_count]."""
+        _check_bounded_integers(x, "Binomial", self.total_count, "total_count", 0,
+                                "pass raw counts out of total_count trials (not normalized or log-transformed "
+                                "data), or use 'poisson' or 'negative_binomial' for counts with no upper bound")
+
+    @torch.no_grad()
+    def init_bias(self, output_layer: nn.Module, x: torch.Tensor) -> None:
+        """Set the logit bias so that the mean ``n p`` is the data mean (per dimension where the layer
+        allows), with ``p`` clamped to [1e-3, 1 - 1e-3]."""
+        p = (x.float().mean(0) / self.total_count).clamp(1e-3, 1 - 1e-3)
+        _set_bias(output_layer, self.num_params, 0, torch.log(p) - torch.log1p(-p))
+
+
+# --- integer levels -------------------------------------------------------------------------------------
+
+
+class LevelCategorical(dist.Categorical):
+    """A categorical over the integer levels {0, 1, ..., K - 1} held as floats, like the data:
+    ``log_prob`` takes float levels (rounded, then looked up) and ``sample`` and ``enumerate_support``
+    return them (torch's take and return int64), and ``mean`` and ``variance`` are those of the level,
+    ``sum_k k p_k`` (torch's are NaN). ``logits (*batch, K)``."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(torch.round(value))
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return super().sample(sample_shape).to(self.logits.dtype)
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        return torch.distributions.Categorical.enumerate_support(self, expand).to(self.logits.dtype)
+
+    def _levels(self) -> torch.Tensor:
+        return torch.arange(self.logits.shape[-1], dtype=self.logits.dtype, device=self.logits.device)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.probs * self._levels()).sum(-1)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return (self.probs * self._levels() ** 2).sum(-1) - self.mean ** 2
+
+
+class Categorical(nn.Module):
+    r"""A ``num_levels``-way categorical per data dimension for integer levels 0..K-1, ``num_params =
+    num_levels``: e.g. scikit-learn's 8x8 digits, whose pixels take the 17 values 0..16
+    (``num_levels=17``); :class:`Categorical256` is the same for 8-bit grey levels scaled to [0, 1].
+
+        log p(x | l) = sum_d log softmax(l_d)[x_d],   x_d in {0, 1, ..., K - 1},  K = num_levels,
+
+    in nats per data point, summed over ``x_shape`` (the standard categorical likelihood).
+    ``params (*batch, K, *x_shape)`` are unnormalized log-probabilities of the K levels (the level axis
+    is where ``num_params`` sits). The most flexible per-dimension model for few levels, with no notion
+    that level 3 is near 4 (:class:`Binomial` has one, with a single output per dimension).
+
+    Data: the levels as floats (``x.float()``), rounded before the look-up. ``sample`` returns such
+    levels and ``mean`` is the expected level ``sum_k k p_k`` (see :class:`LevelCategorical`).
+
+    Args:
+        x_shape: the shape of one data point.
+        num_levels: the number of levels K (default 17; a whole number of at least 2).
+
+    Shapes: ``params (*batch, num_levels, *x_shape)``; the distribution has batch shape ``*batch``.
+
+    Raises: ``ValueError`` (:class:`~pyrovae.errors.ConfigError`) for a ``num_levels`` that is not a
+    whole number >= 2; ``check_support`` raises ``ValueError`` when x is not floating point, not finite,
+    not whole numbers, or outside [0, num_levels - 1] (the message counts the offending values and says
+    what to change).
+    """
+
+    support = "levels"
+
+    def __init__(self, x_shape: tuple[int, ...] = (1, 28, 28), num_levels: int = 17):
+        super().__init__()
+        self.x_shape, self.num_levels = tuple(x_shape), _whole_number(num_levels, "num_levels", 2)
+        self.num_params = self.num_levels
+
+    def extra_repr(self) -> str:
+        return f"x_shape={self.x_shape}, num_levels={self.num_levels}"
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        """``params (*batch, num_levels, *x_shape)`` logits -> distribution with event shape ``x_shape``."""
+        logits = params.movedim(-1 - len(self.x_shape), -1)
+        return LevelCategorical(logits=logits, validate_args=False).to_event(len(self.x_shape))
+
+    def check_support(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is finite whole-number floats in [0, num_levels - 1]."""
+        _check_bounded_integers(x, "Categorical", self.num_levels - 1, "num_levels", 1,
+                                "pass the integer levels themselves (not scaled or normalized data), or use "
+                                "'normal' or 'continuous_bernoulli' for continuous values")
+
+    @torch.no_grad()
+    def init_bias(self, output_layer: nn.Module, x: torch.Tensor) -> None:
+        """Set the logit biases to the log of the data's level frequencies, smoothed by adding 1/2 to
+        each count: per dimension where the layer has a bias per output, per channel (the frequencies
+        pooled over each channel) where it has one per output channel, else pooled over everything."""
+        bias = output_layer.bias
+        if bias is None:
+            return
+        k, n = self.num_levels, math.prod(self.x_shape)
+        counts = nn.functional.one_hot(x.round().long().clamp(0, k - 1), k).to(bias.dtype).sum(0)
+        per_row = bias.numel() // k
+        if per_row == n:
+            counts = counts.reshape(n, k)
+        elif self.x_shape and per_row == self.x_shape[0]:
+            counts = counts.reshape(per_row, -1, k).sum(1)
+        else:
+            counts = counts.reshape(1, -1, k).sum(1)
+        log_freq = torch.log((counts + 0.5) / (counts.sum(-1, keepdim=True) + 0.5 * k))
+        for level in range(k):
+            _set_bias(output_layer, k, level, log_freq[:, level])
+
+
 LIKELIHOODS = {
     "bernoulli": Bernoulli,
     "continuous_bernoulli": ContinuousBernoulli,
     "normal": Normal,
     "laplace": Laplace,
+    "student_t": StudentT,
     "beta": Beta,
     "categorical_256": Categorical256,
     "discretized_logistic": DiscretizedLogistic,
+    "categorical": Categorical,
     "poisson": Poisson,
     "negative_binomial": NegativeBinomial,
     "zero_inflated_negative_binomial": ZeroInflatedNegativeBinomial,
+    "binomial": Binomial,
 }

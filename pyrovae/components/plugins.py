@@ -42,3 +42,18 @@ def build_plugin(what: str, name: str, first, options: dict):
         return REGISTRIES[what][name](first, **options)
     except TypeError as e:
         raise ConfigError(f"{what} {name!r} does not take the options {options}: {e}") from e
+
+
+def fitting_likelihoods(x, x_shape: tuple[int, ...]) -> list[str]:
+    """The registered likelihoods (built with their default options) whose support holds all of ``x``
+    ``(batch, *x_shape)``: what an error about a likelihood that does not fit the data suggests instead."""
+    from ..errors import DataError
+
+    names = []
+    for name, cls in LIKELIHOODS.items():
+        try:
+            cls(tuple(x_shape)).check_support(x)
+        except (DataError, ValueError, TypeError):
+            continue
+        names.append(name)
+    return names

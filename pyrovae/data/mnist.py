@@ -15,20 +15,16 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from .dataset import BINARIZATIONS, RANDOM_TRANSFORMS, ArrayDataset, ImageDataset, binarize, dequantize  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-BINARIZATIONS = ("dynamic", "static", "none", "dequantize")
-#: Transforms that draw afresh at every pass over the training data (stored as uint8 grey levels).
-RANDOM_TRANSFORMS = ("dynamic", "dequantize")
 
 #: file name -> (md5 of the uncompressed file, md5 of the .gz file, IDX magic, shape)
 MNIST_FILES = {
@@ -197,98 +193,6 @@ def load_mnist_arrays(data_dir: str | os.PathLike | None = None, download: bool 
         "test_images": arrays["t10k-images-idx3-ubyte"],
         "test_labels": arrays["t10k-labels-idx1-ubyte"],
     }
-
-
-def dequantize(grey: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniform dequantization of 8-bit grey levels: ``x = (k + u) / 256`` with ``u ~ U(0, 1)`` per pixel.
-
-    A continuous density p on the dequantized values bounds the probability of the discrete levels
-    (Theis, van den Oord & Bethge 2016): ``log P(k) >= E_u[log p((k + u) / 256)] - D log 256`` for D
-    pixels, so ``(-log p + D log 256) / (D log 2)`` is an upper bound on the discrete model's bits per
-    dimension and is comparable across continuous likelihoods and with 8-bit discrete ones. Without it,
-    grey MNIST's exact zeros let a learned-scale density grow without bound.
-
-    Args:
-        grey: uint8 in [0, 255], any shape.
-    Returns:
-        float32 tensor of the same shape with values in the open interval (0, 1).
-    """
-    # u is kept 2^-12 away from both ends of its level, so that x stays strictly inside (0, 1) (densities
-    # on the open interval, such as the Beta, apply) and k + u never rounds up to k + 1 in float32.
-    u = torch.rand(grey.shape, generator=generator).clamp_(2.0 ** -12, 1 - 2.0 ** -12)
-    return (grey.float() + u) / 256.0
-
-
-def binarize(grey: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One Bernoulli draw per pixel with probability equal to its grey value.
-
-    Args:
-        grey: uint8 in [0, 255] or float in [0, 1], any shape.
-    Returns:
-        float32 tensor of the same shape with values in {0, 1}.
-    """
-    p = grey.float() / 255.0 if grey.dtype == torch.uint8 else grey
-    return torch.bernoulli(p, generator=generator)
-
-
-@dataclass
-class ImageDataset:
-    """Images (and labels) held as tensors in memory.
-
-    Attributes:
-        images: ``(n, 1, 28, 28)``; uint8 grey values when ``binarization`` is ``"dynamic"`` or
-            ``"dequantize"`` (binarized or dequantized afresh at every draw), else float32 in {0, 1}
-            (``static``) or in [0, 1] (``none``).
-        labels: ``(n,)`` int64 digit labels.
-        binarization: ``"dynamic"``, ``"static"``, ``"none"`` or ``"dequantize"``.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    binarization: str
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return tuple(self.images.shape[1:])
-
-    def get(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The images at ``index`` as float32 ``(len(index), 1, 28, 28)``, binarized (``dynamic``) or
-        dequantized (``dequantize``) now."""
-        x = self.images[index]
-        if self.binarization == "dynamic":
-            return binarize(x, generator)
-        if self.binarization == "dequantize":
-            return dequantize(x, generator)
-        return x
-
-    def as_float(self) -> torch.Tensor:
-        """All images as float32 values in [0, 1] (grey levels k / 255 for the stored uint8 ones), e.g. for
-        the data mean that a decoder's output bias starts from."""
-        return self.images.float() / (255.0 if self.images.dtype == torch.uint8 else 1.0)
-
-    def batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The batch at ``index``: ``{"x": self.get(index, generator), "y": labels}``."""
-        return {"x": self.get(index, generator), "y": self.labels[index]}
-
-    def subset(self, index: torch.Tensor) -> "ImageDataset":
-        """The images (and labels) at ``index``, with the same binarization."""
-        return ImageDataset(self.images[index], self.labels[index], self.binarization)
-
-    def batches(self, batch_size: int, shuffle: bool = True,
-                generator: torch.Generator | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield mini-batches ``{"x": (b, *x_shape) float32, "y": (b,) int64}`` covering the dataset once
-        (the last one may be smaller).
-
-        Shuffling and dynamic binarization draw from ``generator`` (a CPU generator), so a run is
-        reproducible from its seed. Each batch is gathered by tensor indexing: no per-image Python.
-        """
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            yield self.batch(order[start:start + batch_size], generator)
 
 
 def _prepare(images: np.ndarray, labels: np.ndarray, binarization: str, seed: int) -> ImageDataset:

@@ -27,7 +27,7 @@ from torch import nn
 from ..components.guides import DiagonalNormal
 from ..components.likelihoods import Bernoulli
 from ..components.nets import build_networks
-from ..components.plugins import build_plugin, check_plugin
+from ..components.plugins import build_plugin, check_plugin, fitting_likelihoods
 from ..components.priors import StandardNormal, check_prior
 from ..errors import ArgumentTypeError, DataError
 from .base import Family, ModelConfig, data_plate, register_family
@@ -43,7 +43,14 @@ def check_data(x: torch.Tensor, x_shape: tuple[int, ...], likelihood) -> None:
     if x.dim() != 1 + len(x_shape) or tuple(x.shape[1:]) != tuple(x_shape):
         raise DataError(f"x has shape {tuple(x.shape)}; this model takes (batch, {shape}): reshape it, e.g. "
                         f"x.view(-1, {shape})")
-    likelihood.check_support(x)
+    try:
+        likelihood.check_support(x)
+    except DataError as e:
+        if not torch.isfinite(x).all():
+            raise
+        fits = fitting_likelihoods(x, x_shape)
+        names = ", ".join(fits) if fits else "none of the built-in ones"
+        raise DataError(f"{e}. Likelihoods that fit this data: {names} (--likelihood NAME)") from None
 
 
 class PlugInConfig(ModelConfig):

@@ -22,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from ..errors import CheckpointError, ConfigError, RunDirError
+from ..data.config import DataInfo
+from ..errors import CheckpointError, ConfigError, DataError, RunDirError
 from ..files import atomic_write_bytes, atomic_write_text
 from ..models.base import Family, family_for
 from .config import RunConfig
@@ -31,6 +32,7 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CONFIG = "config.json"
 METRICS = "metrics.json"
+DATA = "data.json"
 FORMAT = "pyrovae-checkpoint-v2"
 FORMAT_V1 = "pyrovae-checkpoint-v1"
 
@@ -182,6 +184,41 @@ def write_metrics(run_dir: str | os.PathLike, update: dict) -> dict:
     metrics = {**read_metrics(run_dir), **update}
     atomic_write_text(Path(run_dir) / METRICS, json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def write_data_info(run_dir: str | os.PathLike, info: DataInfo) -> None:
+    """Write ``run_dir/data.json``: the source, its provenance, the split and the fitted transform."""
+    atomic_write_text(Path(run_dir) / DATA, json.dumps(info.to_dict(), indent=2) + "\n")
+
+
+def read_data_info(run_dir: str | os.PathLike) -> DataInfo | None:
+    """``run_dir/data.json`` as a :class:`~pyrovae.data.DataInfo` (None for runs on MNIST written before it
+    existed).
+
+    Raises:
+        RunDirError: the file exists but cannot be read.
+    """
+    path = Path(run_dir) / DATA
+    if not path.exists():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        return DataInfo(**{**d, "x_shape": tuple(d["x_shape"])})
+    except (OSError, json.JSONDecodeError, TypeError, KeyError) as e:
+        raise RunDirError(f"{path} cannot be read ({e}); restore it from a copy") from e
+
+
+def check_same_data(recorded: DataInfo | None, now: DataInfo) -> None:
+    """Raise :class:`~pyrovae.errors.DataError` when a file or folder a run was trained on has changed since
+    (its sha256 differs): its test split would not be the run's."""
+    if recorded is None:
+        return
+    before, after = recorded.provenance.get("sha256"), now.provenance.get("sha256")
+    if before and after and before != after:
+        raise DataError(f"{now.provenance.get('path', now.source)} has changed since this run was trained (sha256 "
+                        f"{after[:12]}..., the run's {before[:12]}...): its split and transform would not be the "
+                        "run's. "
+                        "Point --data at the file the run was trained on")
 
 
 def run_config(state: dict) -> RunConfig:

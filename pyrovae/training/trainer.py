@@ -23,15 +23,15 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ..data.config import load_data
-from ..data.mnist import ImageDataset
+from ..data.config import prepare_data
+from ..data.dataset import ArrayDataset, ImageDataset
 from ..errors import ConfigError, PyroVAEError
 from ..inference.handlers import kl_weight
 from ..inference.objectives import kl_method, make_elbo
 from ..models.base import Family, Stage, family_for
 from ..torchtools import rng_kept
-from .checkpoint import (BEST, CHECKPOINT, CONFIG, read_run_dir, restore_rng_state, rng_state, run_config,
-                         save_checkpoint, write_metrics)
+from .checkpoint import (BEST, CHECKPOINT, CONFIG, check_same_data, read_data_info, read_run_dir, restore_rng_state,
+                         rng_state, run_config, save_checkpoint, write_data_info, write_metrics)
 from .config import RunConfig
 from .distributed import DistributedContext, init_distributed
 from .optim import flush_denormals, kl_weight_at, lr_factor, make_optimizer, resolve_device
@@ -101,6 +101,12 @@ def summarize_history(history: list[dict], monitor: str = "objective", mode: str
     return out
 
 
+def _is_splits(data) -> bool:
+    """``data`` is already ``(train, validation or None, test)`` data sets."""
+    return (isinstance(data, tuple) and len(data) == 3 and isinstance(data[0], ArrayDataset)
+            and isinstance(data[2], ArrayDataset))
+
+
 def _set_trainable(model: Family, parameters: list) -> None:
     """Parameters of the stage require gradients, the others not (DDP then syncs only the stage's)."""
     trainable = {id(p) for p in parameters}
@@ -112,7 +118,7 @@ def _set_trainable(model: Family, parameters: list) -> None:
 def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         data: tuple[ImageDataset, ImageDataset | None, ImageDataset] | None = None,
         progress: bool | None = None, on_epoch_end: EpochCallback | None = None,
-        distributed: bool | None = None) -> tuple[Family, list[dict]]:
+        distributed: bool | None = None, data_info=None) -> tuple[Family, list[dict]]:
     """Train (or resume) the run in ``run_dir``, whatever its model family; returns ``(model, history)``.
 
     Writes ``config.json`` at the start and, after every epoch, ``checkpoint.pt`` (model, optimizer and
@@ -126,13 +132,18 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             ``trainer.epochs`` (so a finished run can be extended) and ``trainer.device``.
         run_dir: the run folder (created if missing).
         resume: continue from ``run_dir/checkpoint.pt``.
-        data: ``(train, validation or None, test)`` datasets; loaded as ``config.data`` says when None.
+        data: ``(train, validation or None, test)`` data sets; or data in Python (a tensor or array
+            ``(n, *x_shape)``, ``(x, labels)``, a ``torch.utils.data.Dataset`` or a ``DataLoader``), split and
+            transformed as ``config.data`` says; None: read from ``config.data.source``. Except for ready
+            splits, the run folder records the data in ``data.json`` (source, sha256 or package version,
+            split, fitted transform).
         progress: show a progress bar (default: when stderr is a terminal).
         on_epoch_end: see :data:`EpochCallback`.
         distributed: data-parallel training over the processes that torchrun started (see
             :mod:`pyrovae.training.distributed`): the global batch is ``batch_size`` x their number, rank
             0 alone writes to ``run_dir``, and the recorded terms are means over all processes. None
             (default): when ``$WORLD_SIZE > 1`` or a process group is initialized.
+        data_info: the :class:`~pyrovae.data.DataInfo` of ready splits passed as ``data``, for ``data.json``.
 
     Returns:
         the trained model (eval mode) and the per-epoch history: dicts with ``stage`` (for families
@@ -161,9 +172,14 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     pyro.set_rng_seed(ctx.seed(trainer.seed))
     generator = torch.Generator().manual_seed(trainer.seed)  # shuffles; the same on every process
     sample_generator = torch.Generator().manual_seed(ctx.seed(trainer.seed, stream=1))  # each process's own
-    if data is None:
-        data = load_data(config.data, trainer.seed)
-    train, validation, test = data
+    info = data_info
+    if _is_splits(data):
+        train, validation, test = data
+    else:  # read, split and transform: a resumed run applies the transform it was trained with
+        recorded = ctx.on_main(lambda: read_data_info(run_dir)) if state is not None else None
+        train, validation, test, info = prepare_data(config.data, trainer.seed, data=data,
+                                                     fitted=None if recorded is None else recorded.fitted)
+        check_same_data(recorded, info)
     if trainer.early_stopping_patience is not None and validation is None:
         raise ConfigError(f"early_stopping_patience={trainer.early_stopping_patience} needs a validation split; "
                           "set validation_size (--validation-size) or drop early stopping")
@@ -197,9 +213,11 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     def write_start():
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG)
-        info = {"kind": config.kind, "kl_term": _kl_term(model, train, trainer.elbo, device),
-                **model.training_info(plan)}
-        write_metrics(run_dir, {"training": info})
+        if info is not None:
+            write_data_info(run_dir, info)
+        facts = {"kind": config.kind, "kl_term": _kl_term(model, train, trainer.elbo, device),
+                 **model.training_info(plan)}
+        write_metrics(run_dir, {"training": facts})
 
     ctx.on_main(write_start)  # rank 0 alone writes to run_dir
 
