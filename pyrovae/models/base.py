@@ -197,12 +197,13 @@ class Family(nn.Module):
         raise NotImplementedError
 
     def check_dataset(self, data: ImageDataset, seed: int = 0) -> None:
-        """:meth:`check_data` on a split: on all of its images when they are stored as the model sees
-        them, else on the first 1000 after their random transform (drawn with a generator of its own,
-        so the run's random draws are untouched)."""
+        """:meth:`check_data` on a split: on all of its data points when they are stored in memory as the
+        model sees them, else on the first 1000 (after their random transform, drawn with a generator of its
+        own, so the run's random draws are untouched; or as read from disk for a split streamed from a file,
+        which is not read whole)."""
         first = data.get(torch.arange(min(len(data), 1000)), torch.Generator().manual_seed(seed))
         self.check_data(first)
-        if data.binarization not in RANDOM_TRANSFORMS:
+        if data.binarization not in RANDOM_TRANSFORMS and getattr(data, "in_memory", True):
             self.check_data(data.images)
 
     def init_from_data(self, train: ImageDataset) -> None:
