@@ -250,3 +250,112 @@ def test_options_a_source_does_not_take_and_a_missing_path_are_refused(tmp_path)
         prepare_data(DataConfig(source=str(tmp_path / "missing.csv")))
     with pytest.raises(ConfigError, match="binarization"):
         prepare_data(DataConfig(source="breast_cancer", binarization="static"))
+
+
+# --- what a first review found -------------------------------------------------------------------------------
+
+
+def test_a_uint8_count_matrix_is_read_as_numbers_and_uint8_images_as_grey_levels(tmp_path):
+    np.save(tmp_path / "counts.npy", COUNTS.astype(np.uint8))
+    _, _, _, info = prepare_data(DataConfig(source=str(tmp_path / "counts.npy")))
+    assert info.binarization is None and info.transform == {"kind": "none"} and info.max_value == COUNTS.max()
+    np.save(tmp_path / "images.npy", RNG.integers(0, 256, size=(20, 1, 4, 4), dtype=np.uint8))
+    train, _, _, info = prepare_data(DataConfig(source=str(tmp_path / "images.npy")))
+    assert info.binarization == "dynamic" and train.x.dtype == torch.uint8
+
+
+def test_the_readme_dataloader_example_and_a_shuffled_loader(tmp_path):
+    x = torch.poisson(torch.full((40, 3), 3.0))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=10)
+    config = RunConfig(model=VAEConfig(z_dim=2, hidden=(8,), likelihood="poisson"),
+                       trainer=TrainerConfig(epochs=1, batch_size=8))
+    import pyrovae
+    model, history = pyrovae.fit(config, tmp_path / "run", data=loader, progress=False)
+    assert len(history) == 1 and json.loads((tmp_path / "run" / "data.json").read_text())["sizes"]["train"] == 32
+    with pytest.raises(DataError, match="shuffle=False"):
+        prepare_data(DataConfig(), data=torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), shuffle=True))
+    # the same data again is accepted, other data refused: Python data is fingerprinted like a file
+    runs.evaluate_run(tmp_path / "run", num_samples=2, probe=False, latent_statistics=False, data=loader)
+    with pytest.raises(DataError, match="has changed"):
+        runs.evaluate_run(tmp_path / "run", num_samples=2, probe=False, data=x + 1)
+
+
+def test_sixteen_bit_images_are_refused_and_grey_palette_images_are_grey(tmp_path):
+    (tmp_path / "deep").mkdir()
+    Image.fromarray(RNG.integers(0, 65535, size=(4, 4), dtype=np.uint16)).save(tmp_path / "deep" / "a.png")
+    with pytest.raises(DataError, match="16-bit"):
+        read_source(str(tmp_path / "deep"))
+    (tmp_path / "palette").mkdir()
+    for i in range(3):
+        grey = Image.fromarray(RNG.integers(0, 256, size=(4, 4), dtype=np.uint8))
+        grey.convert("P").save(tmp_path / "palette" / f"{i}.png")
+    assert read_source(str(tmp_path / "palette")).x.shape == (3, 1, 4, 4)
+
+
+def test_a_run_folder_works_from_another_directory_and_after_its_data_moved(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    np.save(tmp_path / "a" / "x.npy", COUNTS)
+    monkeypatch.chdir(tmp_path)
+    runs.train_run(_config("a/x.npy"), tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["source"] == str(tmp_path / "a" / "x.npy")
+    monkeypatch.chdir(tmp_path / "a")
+    runs.evaluate_run(tmp_path / "run", num_samples=2, probe=False, latent_statistics=False)
+    (tmp_path / "a" / "x.npy").rename(tmp_path / "moved.npy")
+    with pytest.raises(DataError, match="no such file"):
+        runs.evaluate_run(tmp_path / "run", num_samples=2, probe=False)
+    code = main(["evaluate", str(tmp_path / "run"), "-k", "2", "--no-probe", "--data", str(tmp_path / "moved.npy")])
+    assert code == 0
+    code = main(["train", "--resume", "--out", str(tmp_path / "run"), "--epochs", "2", "--data", "digits"])
+    assert code == 2  # --resume trains on the run's own data; another --data is refused
+
+
+@pytest.mark.parametrize("text,options,columns,rows", [
+    ("a,b\n1,2\n3,4\n5,6\n", {}, ["a", "b"], 3),
+    ("1,2\n3,4\n5,6\n", {"header": False}, ["column_0", "column_1"], 3),
+    (",a,b\n0,1,2\n1,3,4\n2,5,6\n", {}, ["a", "b"], 3),                  # pandas' index column is dropped
+])
+def test_tables_with_and_without_header_and_index(tmp_path, text, options, columns, rows):
+    (tmp_path / "t.csv").write_text(text)
+    src = read_source(str(tmp_path / "t.csv"), options)
+    assert list(src.feature_names) == columns and src.x.shape == (rows, len(columns))
+
+
+def test_table_layouts_that_would_be_misread_get_their_error(tmp_path):
+    (tmp_path / "t.csv").write_text("1,2\n3,4\n5,6\n")
+    with pytest.raises(DataError, match="looks like data"):
+        read_source(str(tmp_path / "t.csv"))
+    (tmp_path / "h.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="no rows"):
+        read_source(str(tmp_path / "h.csv"))
+    np.savetxt(tmp_path / "s.txt", REAL[:5], header="a b c d", comments="")
+    assert read_source(str(tmp_path / "s.txt")).x.shape == (5, 4)
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(DataError, match="cannot read it as a .npz"):
+        read_source(str(tmp_path / "bad.npz"))
+
+
+def test_a_one_dimensional_streamed_file_is_one_feature(tmp_path):
+    np.save(tmp_path / "v.npy", np.arange(50, dtype=">f8"))  # big-endian float64, 1-D
+    streamed = prepare_data(DataConfig(source=str(tmp_path / "v.npy"), data_options={"stream": True},
+                                       transform="none"))
+    assert streamed[0].x_shape == (1,) and streamed[0].get(torch.tensor([0, 1])).dtype == torch.float32
+
+
+def test_a_cvae_on_a_table_takes_its_classes_from_the_data_and_samples_csv(tmp_path):
+    config = RunConfig(model=pyrovae_cvae_config(), trainer=TrainerConfig(epochs=1, batch_size=16),
+                       data=DataConfig(source="wine"), evaluation=EvaluationConfig(num_samples=2))
+    runs.train_run(config, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["num_classes"] == 3
+    path = runs.sample_run(tmp_path / "run", n=2)
+    frame = pd.read_csv(path)
+    assert list(frame["label"]) == ["class_0"] * 2 + ["class_1"] * 2 + ["class_2"] * 2 and frame.shape[1] == 14
+
+
+def pyrovae_cvae_config():
+    from pyrovae import CVAEConfig
+    return CVAEConfig(z_dim=2, hidden=(8,), likelihood="normal")
+
+
+def test_mnist_refuses_options_meant_for_other_sources():
+    with pytest.raises(ConfigError, match="do not apply to MNIST"):
+        prepare_data(DataConfig(transform="standardize"))

@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--which", choices=("last", "best"), default="last",
                    help="the last epoch's checkpoint or the best validation epoch's (best.pt)")
     e.add_argument("--data-dir", default=None)
+    e.add_argument("--data", dest="data_source", default=None, metavar="PATH",
+                   help="where the run's data file or folder is now, if it moved (the same data: its sha256 is "
+                        "checked); default: the run's own")
     e.add_argument("--device", default="cpu")
     e.add_argument("--no-progress", action="store_true")
 
@@ -219,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--manifold", action="store_true",
                    help="CVAE runs with z_dim 2: the decoded latent manifold of --digit")
     s.add_argument("--data-dir", default=None)
+    s.add_argument("--data", dest="data_source", default=None, metavar="PATH",
+                   help="where the run's data file or folder is now, if it moved (the same data: its sha256 is "
+                        "checked); default: the run's own")
 
     g = sub.add_parser("diagnose", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        help="posterior diagnostics of a trained run: PSIS k-hat, NUTS reference posteriors, "
@@ -241,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--which", choices=("last", "best"), default="last", help="which checkpoint to diagnose")
     g.add_argument("--out", default=None, help="folder for the outputs (default: RUN_DIR)")
     g.add_argument("--data-dir", default=None)
+    g.add_argument("--data", dest="data_source", default=None, metavar="PATH",
+                   help="where the run's data file or folder is now, if it moved (the same data: its sha256 is "
+                        "checked); default: the run's own")
     g.add_argument("--device", default="cpu")
     return parser
 
@@ -280,19 +289,19 @@ def main(argv: list[str] | None = None) -> int:
                                         max_memory_gb=args.max_memory_gb, probe=not args.no_probe,
                                         probe_train_size=args.probe_train_size,
                                         latent_statistics=not args.no_latent_stats, test_size=args.test_size,
-                                        which=args.which)
+                                        which=args.which, data=args.data_source)
             if metrics:  # {} on the ranks other than 0 of a torchrun launch
                 print(json.dumps(_summary(metrics), indent=2))
         elif args.command == "sample":
             print(runs.sample_run(args.run_dir, args.n, args.seed, args.out, args.device, digit=args.digit,
-                                  manifold=args.manifold, data_dir=args.data_dir))
+                                  manifold=args.manifold, data_dir=args.data_dir, data=args.data_source))
         elif args.command == "diagnose":
             result = runs.diagnose_run(
                 args.run_dir, args.out, args.data_dir, args.device, which=args.which, num_images=args.num_images,
                 num_samples=args.num_samples, mcmc_images=args.mcmc_images, mcmc_samples=args.mcmc_samples,
                 mcmc_warmup=args.mcmc_warmup, num_chains=args.num_chains, gap_steps=args.gap_steps,
                 gap_lr=args.gap_lr, gap_particles=args.gap_particles, log_likelihood_samples=args.ll_samples,
-                seed=args.seed, jit_compile=not args.no_jit, nuts_workers=args.nuts_workers)
+                seed=args.seed, jit_compile=not args.no_jit, nuts_workers=args.nuts_workers, data=args.data_source)
             print(json.dumps({"out": args.out or args.run_dir, "summary": result["summary"],
                               "skipped": result["skipped"], "files": result["files"]}, indent=2))
     except PyroVAEError as e:

@@ -181,8 +181,12 @@ FIGURES: dict[str, Callable] = {"vae": draw_vae_figures, "cvae": draw_cvae_figur
 
 def draw_figures(model: Family, test: ImageDataset, history: list[dict], run_dir: str | os.PathLike,
                  seed: int = 0) -> list[Path]:
-    """The figures of a run of any family (see :data:`FIGURES`), written to ``run_dir``."""
-    return FIGURES.get(model.kind, draw_generic_figures)(model, test, history, Path(run_dir), seed)
+    """The figures of a run of any family (see :data:`FIGURES`), written to ``run_dir``. The label-conditional
+    families draw images; on other data (tables, counts) they draw their curves."""
+    draw = FIGURES.get(model.kind, draw_generic_figures)
+    if model.kind in ("cvae", "m2", "structured-cvae") and len(getattr(model, "x_shape", ())) != 3:
+        draw = draw_generic_figures
+    return draw(model, test, history, Path(run_dir), seed)
 
 
 # --- pyrovae sample ---------------------------------------------------------------------------------------
@@ -204,13 +208,7 @@ def sample_vae(vae: VAE, run_dir: Path, n: int, seed: int, out: str | None, test
     path = Path(out) if out else run_dir / f"samples_n{n}_seed{seed}.csv"
     with torch.no_grad():
         draws = vae.decode(vae.prior().sample((n,)).to(device_of(vae))).sample()
-    values = (test.in_data_units(draws) if test is not None else draws).flatten(1).cpu().numpy()
-    names = (test.feature_names if test is not None and test.feature_names else
-             [f"feature_{j}" for j in range(values.shape[1])])
-    import pandas as pd
-    from ..files import atomic_write_text
-    atomic_write_text(path, pd.DataFrame(values, columns=list(names)).to_csv(index=False))
-    return path
+    return _write_csv(draws, test, path)
 
 
 def sample_cvae(cvae: CVAE | M2, run_dir: Path, n: int, seed: int, out: str | None, test: ImageDataset | None,
@@ -219,6 +217,8 @@ def sample_cvae(cvae: CVAE | M2, run_dir: Path, n: int, seed: int, out: str | No
     decoded latent manifold of p(x | z, y = digit); with neither, one row per digit of ceil(n / num_classes)
     draws (one z per column)."""
     last = cvae.num_classes - 1
+    if len(cvae.x_shape) != 3:
+        return _sample_table_by_label(cvae, run_dir, n, seed, out, test, digit)
     if digit is not None and not 0 <= digit <= last:
         raise ConfigError(f"--digit {digit} is outside 0..{last}, the labels this run was trained on")
     pyro.set_rng_seed(seed)
@@ -237,6 +237,39 @@ def sample_cvae(cvae: CVAE | M2, run_dir: Path, n: int, seed: int, out: str | No
     per = -(-n // cvae.num_classes)
     path = Path(out) if out else run_dir / f"samples_by_digit_n{per}_seed{seed}.png"
     return plots.plot_samples_by_label(samples_by_digit(cvae, per), per, path, title=BY_DIGIT_TITLE)
+
+
+def _write_csv(values: torch.Tensor, test: ImageDataset | None, path: Path, label=None, label_names=None) -> Path:
+    """``values (n, *x_shape)`` in the data's units as CSV (feature names as the header; a label column)."""
+    import pandas as pd
+
+    from ..files import atomic_write_text
+    values = (test.in_data_units(values) if test is not None else values).flatten(1).cpu().numpy()
+    names = (test.feature_names if test is not None and test.feature_names else
+             [f"feature_{j}" for j in range(values.shape[1])])
+    frame = pd.DataFrame(values, columns=list(names))
+    if label is not None:
+        codes = label.cpu().numpy()
+        frame.insert(0, "label", [label_names[c] for c in codes] if label_names else codes)
+    atomic_write_text(path, frame.to_csv(index=False))
+    return path
+
+
+@torch.no_grad()
+def _sample_table_by_label(cvae, run_dir: Path, n: int, seed: int, out: str | None, test: ImageDataset | None,
+                           digit: int | None) -> Path:
+    """Data that is not images: ``n`` draws x ~ p(x | z, y) per label (or of label ``digit``) as CSV."""
+    if digit is not None and not 0 <= digit < cvae.num_classes:
+        raise ConfigError(f"--digit {digit} is outside 0..{cvae.num_classes - 1}, the labels this run was trained on")
+    pyro.set_rng_seed(seed)
+    device = device_of(cvae)
+    labels = (torch.full((n,), digit) if digit is not None else torch.arange(cvae.num_classes).repeat_interleave(n))
+    labels = labels.to(device)
+    z = cvae.prior().sample((len(labels),)).to(device)
+    draws = (cvae.decode(z, labels) if isinstance(cvae, CVAE) else cvae.likelihood_of(z, labels)).sample()
+    path = Path(out) if out else run_dir / (f"samples_label{digit}_n{n}_seed{seed}.csv" if digit is not None
+                                            else f"samples_by_label_n{n}_seed{seed}.csv")
+    return _write_csv(draws, test, path, labels, test.label_names if test is not None else None)
 
 
 def sample_structured(cvae: StructuredCVAE, run_dir: Path, n: int, seed: int, out: str | None,

@@ -18,7 +18,7 @@ import torch
 from .. import checks
 from ..data.config import DataInfo, prepare_data
 from ..data.dataset import ArrayDataset, ImageDataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..evaluation.metrics import evaluate
 from ..training.checkpoint import (CONFIG, check_same_data, load_run, read_data_info, read_run_config,
                                   write_metrics)
@@ -58,18 +58,27 @@ def run_data(run_dir: str | os.PathLike, config: RunConfig | None = None, data=N
 
     Args:
         run_dir: the run folder. config: its config (read from it when None).
-        data: the data passed in Python for a run trained on data passed in Python.
+        data: the data passed in Python for a run trained on data passed in Python; or a path: where the run's
+            data file or folder is now (it must be the same data: its sha256 is checked). By default the
+            config's source, else the path recorded in ``data.json`` when the source has moved.
         data_dir: another MNIST root.
 
     Raises:
         DataError: the run was trained on data passed in Python and ``data`` is None; the data file has changed
-            since training.
+            since training; the test split drawn now is not the recorded one.
     """
     config = config if config is not None else read_run_config(run_dir)
     recorded = read_data_info(run_dir)
-    if data is None and recorded is not None and recorded.source.startswith("python:"):
-        raise DataError(f"{run_dir} was trained on data passed in Python ({recorded.source[7:]}), which the run folder "
-                        "does not hold: pass the same data (evaluate_run(run_dir, data=...)) or train on a file")
+    if isinstance(data, (str, os.PathLike)):
+        changes["source"], data = str(data), None
+    elif data is None and recorded is not None:
+        if recorded.source.startswith("python:"):
+            raise DataError(f"{run_dir} was trained on data passed in Python ({recorded.source[7:]}), which the run "
+                            "folder does not hold: pass the same data (evaluate_run(run_dir, data=...)) or train on a "
+                            "file")
+        recorded_path = recorded.provenance.get("path")
+        if recorded_path and not Path(config.data.source).exists() and Path(recorded_path).exists():
+            changes["source"] = recorded_path
     train, validation, test, info = prepare_data(_data_config(config, data_dir, **changes), config.trainer.seed,
                                                  data=data, fitted=None if recorded is None else recorded.fitted)
     check_same_data(recorded, info)
@@ -84,6 +93,10 @@ def train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool = Fals
     ``config.data.source``. Under torchrun (data-parallel training, see :mod:`pyrovae.training.distributed`)
     only rank 0 does all after ``fit``; the others return ``{}``."""
     if resume:  # the run's own data settings and transform
+        own = read_run_config(run_dir).data
+        if "source" in config.data.model_fields_set and config.data.source != own.source:
+            raise ConfigError(f"--resume continues the run on its own data ({own.source}); --data "
+                              f"{config.data.source} differs: leave --data out, or start a new run")
         train, validation, test, info = run_data(run_dir, data=data, data_dir=config.data.data_dir)
     else:
         train, validation, test, info = prepare_data(config.data, config.trainer.seed, data=data)
@@ -145,6 +158,15 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: 
     return metrics
 
 
+def units_of(info: DataInfo) -> ArrayDataset:
+    """A stand-in for a run's data that holds no data points, only what ``data.json`` says of their units: the
+    fitted transform (to report samples in the data's units), feature and class names, and, as its one data
+    point, the largest value of the training split (for the display scale of images)."""
+    top = torch.full((1, *info.x_shape), float(info.max_value if info.max_value is not None else 1.0))
+    return ArrayDataset(top, None, info.binarization or "none", feature_names=info.feature_names,
+                        label_names=info.label_names, fitted=info.fitted)
+
+
 def _test_set(run_dir, config: RunConfig, data_dir: str | None, data=None) -> ImageDataset:
     return run_data(run_dir, config, data, data_dir, validation_size=0, train_size=None)[2]
 
@@ -176,7 +198,10 @@ def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str 
     """
     checks.positive_int(n, "n")
     model, config, _ = load_run(run_dir, resolve_device(device))
-    needs_data = model.kind in SAMPLERS_NEED_DATA or config.data.source != "mnist"  # the data's units, its names
-    test = _test_set(run_dir, config, data_dir, data) if needs_data else None
+    test = None
+    if model.kind in SAMPLERS_NEED_DATA:
+        test = _test_set(run_dir, config, data_dir, data)
+    elif (info := read_data_info(run_dir)) is not None and info.source != "mnist":
+        test = units_of(info)  # the data's units and names come from data.json alone
     sampler = SAMPLERS.get(model.kind, sample_generic)
     return sampler(model, Path(run_dir), n, seed, out, test, digit=digit, manifold=manifold)

@@ -198,7 +198,8 @@ class Bernoulli(nn.Module):
         if not ((x == 0) | (x == 1)).all():
             lo, hi = x.min().item(), x.max().item()
             raise DataError(f"the Bernoulli likelihood needs x in {{0, 1}}, got values in [{lo:g}, {hi:g}]; "
-                            "binarize the data (binarization='dynamic' or 'static') or use a likelihood for "
+                            "binarize the data (images: binarization='dynamic' or 'static'; other data: "
+                            "transform='binarize') or use a likelihood for "
                             "continuous values")
 
     @torch.no_grad()
@@ -586,24 +587,27 @@ def _check_pixels(x: torch.Tensor, name: str) -> None:
                         f"values in {_range(x)}, {off_grid.sum().item()} of them not multiples of 1/255{hint}")
 
 
-class PixelCategorical(dist.Categorical):
-    """A categorical over the grey levels {0, 1/255, ..., 1}: ``log_prob`` takes and ``sample`` returns
-    the levels ``k / 255`` as floats (like the data), and ``mean`` and ``variance`` are those of the
-    grey level (``torch``'s are NaN). ``logits (*batch, 256)``."""
+class _LevelValued(dist.Categorical):
+    """A categorical whose category k stands for the value ``k * step`` (float, like the data): ``log_prob``
+    takes those values (rounded to the nearest level), ``sample`` and ``enumerate_support`` return them (torch's
+    take and return int64), and ``mean`` and ``variance`` are those of the value (torch's are NaN).
+    ``logits (*batch, K)``."""
 
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return super().log_prob(_pixel_index(value))
-
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        return super().sample(sample_shape).to(self.logits.dtype) / (LEVELS - 1)
-
-    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
-        levels = torch.distributions.Categorical.enumerate_support(self, expand)
-        return levels.to(self.logits.dtype) / (self.logits.shape[-1] - 1)
+    def _step(self) -> float:
+        return 1.0
 
     def _levels(self) -> torch.Tensor:
         k = self.logits.shape[-1]
-        return torch.arange(k, dtype=self.logits.dtype, device=self.logits.device) / (k - 1)
+        return torch.arange(k, dtype=self.logits.dtype, device=self.logits.device) * self._step()
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return super().log_prob(torch.round(value / self._step()))
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return super().sample(sample_shape).to(self.logits.dtype) * self._step()
+
+    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
+        return torch.distributions.Categorical.enumerate_support(self, expand).to(self.logits.dtype) * self._step()
 
     @property
     def mean(self) -> torch.Tensor:
@@ -612,6 +616,18 @@ class PixelCategorical(dist.Categorical):
     @property
     def variance(self) -> torch.Tensor:
         return (self.probs * self._levels() ** 2).sum(-1) - self.mean ** 2
+
+
+class PixelCategorical(_LevelValued):
+    """A categorical over the grey levels {0, 1/255, ..., 1}: ``log_prob`` takes and ``sample`` returns
+    the levels ``k / 255`` as floats (like the data), and ``mean`` and ``variance`` are those of the
+    grey level (``torch``'s are NaN). ``logits (*batch, 256)``."""
+
+    def _step(self) -> float:
+        return 1.0 / (self.logits.shape[-1] - 1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return dist.Categorical.log_prob(self, _pixel_index(value))
 
 
 class Categorical256(nn.Module):
@@ -985,31 +1001,11 @@ class Binomial(nn.Module):
 # --- integer levels -------------------------------------------------------------------------------------
 
 
-class LevelCategorical(dist.Categorical):
+class LevelCategorical(_LevelValued):
     """A categorical over the integer levels {0, 1, ..., K - 1} held as floats, like the data:
     ``log_prob`` takes float levels (rounded, then looked up) and ``sample`` and ``enumerate_support``
     return them (torch's take and return int64), and ``mean`` and ``variance`` are those of the level,
     ``sum_k k p_k`` (torch's are NaN). ``logits (*batch, K)``."""
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        return super().log_prob(torch.round(value))
-
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
-        return super().sample(sample_shape).to(self.logits.dtype)
-
-    def enumerate_support(self, expand: bool = True) -> torch.Tensor:
-        return torch.distributions.Categorical.enumerate_support(self, expand).to(self.logits.dtype)
-
-    def _levels(self) -> torch.Tensor:
-        return torch.arange(self.logits.shape[-1], dtype=self.logits.dtype, device=self.logits.device)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return (self.probs * self._levels()).sum(-1)
-
-    @property
-    def variance(self) -> torch.Tensor:
-        return (self.probs * self._levels() ** 2).sum(-1) - self.mean ** 2
 
 
 class Categorical(nn.Module):

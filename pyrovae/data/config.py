@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
+import pydantic
 from pydantic import Field, PositiveInt
 
 from ..errors import ConfigError, DataError
@@ -57,6 +59,26 @@ class DataConfig(Settings):
     train_size: Optional[PositiveInt] = Field(None, description="train on the first N training data points only")
     test_size: Optional[PositiveInt] = Field(None, description="test on the first N test data points only")
 
+    @pydantic.field_validator("source")
+    @classmethod
+    def _absolute_source(cls, source: str) -> str:
+        """A file or folder is kept as an absolute path, so the run folder works from any directory."""
+        return _absolute(source) if source != "mnist" and source not in NAMED_SETS else source
+
+    @pydantic.field_validator("data_options")
+    @classmethod
+    def _absolute_options(cls, options: dict) -> dict:
+        return {k: _absolute(v) if k in PATH_OPTIONS and isinstance(v, str) else v for k, v in options.items()}
+
+
+#: Data options that name files (made absolute like the source).
+PATH_OPTIONS = ("labels", "test", "test_labels")
+
+
+def _absolute(path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else path
+
 
 @dataclass
 class DataInfo:
@@ -66,7 +88,8 @@ class DataInfo:
         source: the config's ``source``; provenance: its file's sha256 or its package and version.
         x_shape, sizes (``train``, ``validation``, ``test``), test_rows_sha256 (of the test rows' indices:
         the split is the recorded one), binarization (grey-level images) or transform (fitted, as a dict),
-        feature_names, label_names, num_classes.
+        feature_names, label_names, num_classes, max_value (the largest value of the training split as the
+        model sees it, from its first 20,000 data points; for the display of images).
     """
 
     source: str
@@ -79,6 +102,7 @@ class DataInfo:
     feature_names: list | None = None
     label_names: list | None = None
     num_classes: int | None = None
+    max_value: float | None = None
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -159,6 +183,12 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
             images.
     """
     if data is None and config.source == "mnist":
+        defaults = DataConfig()
+        changed = [name for name in ("data_options", "transform", "test_fraction", "split_seed")
+                   if getattr(config, name) != getattr(defaults, name)]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} do not apply to MNIST (its own test split, binarization for its "
+                              "images); they are for --data sources")
         return _mnist(config, seed)
     src: Source = read_source(config.source if data is None else data, config.data_options if data is None else None)
     n = len(src.x)
@@ -229,10 +259,10 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
         validation = None
         if len(val_rows):
             vx, vy = take(val_rows)
-            _check_complete(torch.from_numpy(np.ascontiguousarray(vx)), f"{config.source} (validation split)",
-                            src.feature_names)
-            validation = _apply(ArrayDataset(torch.from_numpy(np.ascontiguousarray(vx)), vy, **names), fitted)
-        test = ArrayDataset(torch.from_numpy(np.ascontiguousarray(test_x)), test_y, **names)
+            vx = torch.from_numpy(np.asarray(vx, dtype=np.float32))
+            _check_complete(vx, f"{config.source} (validation split)", src.feature_names)
+            validation = _apply(ArrayDataset(vx, vy, **names), fitted)
+        test = ArrayDataset(torch.from_numpy(np.asarray(test_x, dtype=np.float32)), test_y, **names)
         _check_complete(test.x, f"{config.source} (test split)", src.feature_names)
         test = _apply(test, fitted)
         binarization, transform = None, fitted.to_dict()
@@ -243,7 +273,8 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
                      "test": len(test)},
                     None if test_rows is None else _rows_hash(test_rows), binarization, transform,
                     list(src.feature_names) if src.feature_names else None,
-                    list(src.label_names) if src.label_names else None, num_classes)
+                    list(src.label_names) if src.label_names else None, num_classes,
+                    max(float(chunk.max()) for chunk in train.subset(slice(0, min(len(train), 20_000))).chunks()))
     return train, validation, test, info
 
 

@@ -86,7 +86,7 @@ class NpyRows:
         if fortran or dtype.hasobject or len(shape) < 1:
             raise DataError(f"{self.path}: a streamed .npy file must hold a C-ordered numeric array of at least one "
                             f"dimension, got shape {shape}, dtype {dtype}, fortran_order={fortran}")
-        self.shape, self.dtype = tuple(shape), dtype
+        self.shape, self.dtype = (tuple(shape) if len(shape) > 1 else (shape[0], 1)), dtype  # 1-D: one feature
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         expected = self.offset + self.shape[0] * self.row_bytes
         if self.path.stat().st_size < expected:
@@ -115,7 +115,7 @@ class NpyRows:
                 start = stop
         finally:
             os.close(fd)
-        return rows
+        return rows.astype(rows.dtype.newbyteorder("="), copy=False)  # native byte order
 
 
 @dataclass
@@ -170,7 +170,7 @@ class ArrayDataset:
 
     def _read(self, index: torch.Tensor) -> torch.Tensor:
         rows = self.rows[index.numpy()] if self.rows is not None else index.numpy()
-        x = torch.from_numpy(self.x[rows]).float()
+        x = torch.from_numpy(np.asarray(self.x[rows], dtype=np.float32))  # any byte order and numeric dtype
         return self.transform(x) if self.transform is not None else x
 
     def get(self, index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -43,7 +43,8 @@ SOURCE_OPTIONS = {
     "pt": {"key": "the data points' key in a saved dict (default 'x')",
            "labels_key": "the labels' key (default 'y' or 'labels' when present)"},
     "table": {"label": "the column of class labels (not a feature)", "sep": "the field separator (default by suffix)",
-              "drop": "comma-separated columns to leave out (e.g. an id)"},
+              "drop": "comma-separated columns to leave out (e.g. an id)",
+              "header": "false: the first row is data, not column names"},
     "h5ad": {"layer": "the layer to read (default X)", "label": "an obs column of class labels",
              "raw": "true: read .raw"},
     "idx": {"labels": "the IDX file of labels", "test": "an IDX file of test images",
@@ -75,16 +76,20 @@ class Source:
 
     @property
     def grey_levels(self) -> bool:
-        """uint8 data: grey-level images, binarized or dequantized like MNIST."""
-        return self.x.dtype == np.uint8
+        """Grey-level images, binarized or dequantized like MNIST: uint8 data points of shape (C, H, W) held in
+        memory (IDX files, image folders, uint8 image arrays). Other uint8 data (a count matrix) is read as
+        numbers, and so is a file streamed from disk."""
+        return isinstance(self.x, np.ndarray) and self.x.dtype == np.uint8 and self.x.ndim == 4
 
 
 def sha256(path: str | os.PathLike) -> str:
-    """The sha256 of a file, or of a folder (over its files' relative paths and sha256s, sorted)."""
+    """The sha256 of a file, or of a folder (over its images' and IDX files' relative paths and sha256s, sorted:
+    a note added beside them changes nothing)."""
     path = Path(path)
     if path.is_dir():
         h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES
+                                                                       or "idx" in p.name.lower())):
             h.update(f"{f.relative_to(path).as_posix()}\0{sha256(f)}\n".encode())
         return h.hexdigest()
     h = hashlib.sha256()
@@ -133,7 +138,9 @@ def _numeric(x, what: str) -> np.ndarray:
         raise DataError(f"{what}: no data points (shape {x.shape})")
     if x.ndim == 1:
         x = x[:, None]
-    return x if x.dtype == np.uint8 else x.astype(np.float32)
+    if x.dtype == np.uint8 and x.ndim == 4:  # grey-level images (C, H, W): kept as levels
+        return x
+    return x.astype(np.float32)
 
 
 # --- Python objects ---------------------------------------------------------------------------------------
@@ -150,10 +157,13 @@ def from_python(data) -> Source:
     kind = type(data).__name__
     labels = None
     if isinstance(data, torch.utils.data.DataLoader):
+        if not isinstance(data.sampler, torch.utils.data.SequentialSampler):
+            raise DataError(f"a DataLoader with {type(data.sampler).__name__} reads its data in another order at every "
+                            "pass, so the split would change: pass DataLoader(dataset, shuffle=False), or the dataset "
+                            "(pyrovae shuffles the training split itself)")
         xs, ys = [], []
         for item in data:
-            x, y = (item["x"], item.get("y")) if isinstance(item, dict) else \
-                (item[0], item[1]) if isinstance(item, (tuple, list)) else (item, None)
+            x, y = _item(item, kind)
             xs.append(torch.as_tensor(x))
             if y is not None:
                 ys.append(torch.as_tensor(y))
@@ -164,20 +174,53 @@ def from_python(data) -> Source:
         x, labels = data
     elif isinstance(data, (torch.Tensor, np.ndarray)):
         x = data
+    elif isinstance(data, torch.utils.data.IterableDataset):
+        raise ArgumentTypeError("an IterableDataset has no length or order to split: pass its data as a tensor or "
+                                "array, or a map-style Dataset")
     elif isinstance(data, torch.utils.data.Dataset):
-        items = [data[i] for i in range(len(data))]
-        pairs = isinstance(items[0], (tuple, list))
-        x = torch.stack([torch.as_tensor(it[0] if pairs else it) for it in items]).numpy()
-        labels = np.asarray([int(it[1]) for it in items]) if pairs else None
+        try:
+            items = [_item(data[i], kind) for i in range(len(data))]
+        except TypeError as e:
+            raise ArgumentTypeError(f"a Dataset needs __len__ and __getitem__ (a map-style dataset): {e}") from e
+        if not items:
+            raise DataError(f"data ({kind}): the dataset is empty")
+        try:
+            x = torch.stack([torch.as_tensor(it[0]) for it in items]).numpy()
+        except RuntimeError as e:
+            raise DataError(f"data ({kind}): its items do not all have one shape ({e})") from e
+        labels = np.asarray([int(it[1]) for it in items]) if items[0][1] is not None else None
     else:
         raise ArgumentTypeError(f"data must be a tensor, an array, (x, labels), a dict with 'x', a torch Dataset or a "
                                 f"DataLoader, got {kind}")
-    x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+    x = _as_numpy(x)
     x = _numeric(x, f"data ({kind})")
     if labels is not None:
-        labels = _labels(labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else labels, len(x),
-                         f"data ({kind})")
-    return Source(x, labels, provenance={"kind": "python", "type": kind})
+        labels = _labels(_as_numpy(labels), len(x), f"data ({kind})")
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+    if labels is not None:
+        digest.update(labels.tobytes())
+    return Source(x, labels, provenance={"kind": "python", "type": kind, "sha256": digest.hexdigest()})
+
+
+def _as_numpy(v) -> np.ndarray:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return (v.float() if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64) else v).numpy()
+    return np.asarray(v)
+
+
+def _item(item, kind: str) -> tuple:
+    """``(x, label or None)`` of one item of a Dataset or batch of a DataLoader: ``x``, ``(x,)``, ``(x, y)`` or a
+    dict with ``"x"`` (and ``"y"``)."""
+    if isinstance(item, dict):
+        if "x" not in item:
+            raise DataError(f"data ({kind}): dict items need an 'x' (and optionally 'y'); got keys {sorted(item)}")
+        return item["x"], item.get("y")
+    if isinstance(item, (tuple, list)):
+        if len(item) not in (1, 2):
+            raise DataError(f"data ({kind}): items must be x, (x,) or (x, label); got {len(item)} parts")
+        return item[0], (item[1] if len(item) == 2 else None)
+    return item, None
 
 
 # --- named sets -------------------------------------------------------------------------------------------
@@ -218,11 +261,24 @@ def _read_table(path: Path, options: dict) -> Source:
             except ImportError as e:
                 raise DataError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow ({e})") from e
         else:
-            sep = options.get("sep", "\t" if path.suffix == ".tsv" else ",")
-            frame = pd.read_csv(path, sep=sep)
+            default = {".tsv": "\t", ".txt": r"\s+"}.get(path.suffix, ",")  # .txt: np.savetxt's whitespace
+            header = options.get("header", True)
+            if header not in (True, False, "none"):
+                raise ConfigError(f"data option header={header!r}: use header=false for a table without a header row")
+            frame = pd.read_csv(path, sep=options.get("sep", default), header=0 if header is True else None)
+            if header is not True:
+                frame.columns = [f"column_{j}" for j in range(frame.shape[1])]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as e:
         raise DataError(f"{path}: cannot read it as a table ({str(e).strip()}); every row needs the same number of "
                         "fields and a header row of column names") from e
+    if frame.shape[0] == 0:
+        raise DataError(f"{path}: the table has a header but no rows")
+    if options.get("header", True) is True and all(_is_number(c) for c in frame.columns):
+        raise DataError(f"{path}: the first row ({', '.join(map(str, list(frame.columns)[:4]))} ...) looks like data, "
+                        "not column names: add a header row, or pass --data-option header=false")
+    first = str(frame.columns[0])
+    if first.startswith("Unnamed: 0") and np.array_equal(frame.iloc[:, 0].to_numpy(), np.arange(len(frame))):
+        frame = frame.drop(columns=frame.columns[0])  # the row index pandas writes with to_csv(index=True)
     for column in [c.strip() for c in str(options.get("drop", "")).split(",") if c.strip()]:
         if column not in frame.columns:
             raise ConfigError(f"{path}: no column {column!r} to drop; its columns are "
@@ -249,6 +305,14 @@ def _read_table(path: Path, options: dict) -> Source:
         raise DataError(f"{path}: the table has no feature columns or no rows")
     x = frame.to_numpy(dtype=np.float32)
     return Source(x, labels, feature_names=tuple(map(str, frame.columns)), label_names=label_names)
+
+
+def _is_number(text) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def _read_images(folder: Path, options: dict) -> Source:
@@ -279,10 +343,15 @@ def _read_images(folder: Path, options: dict) -> Source:
         raise DataError(f"{folder}: images of different sizes ({p1.name}: {s1[0]}x{s1[1]}, "
                         f"{p2.name}: {s2[0]}x{s2[1]}); "
                         "resize them to one size first")
-    mode = options.get("mode") or ("L" if all(im.mode in ("L", "1") for im in opened) else "RGB")
+    deep = [p.name for p, im in zip(files, opened) if im.mode in ("I", "I;16", "I;16B", "I;16L", "F")]
+    if deep:
+        raise DataError(f"{folder}: 16-bit or floating-point images ({', '.join(deep[:3])}): pyrovae reads 8-bit "
+                        "images; convert them to 8 bits first")
+    mode = options.get("mode") or ("L" if all(_is_grey(im) for im in opened) else "RGB")
     if mode not in ("L", "RGB"):
         raise ConfigError(f"image mode {mode!r}: choose L (grey) or RGB")
-    x = np.stack([np.asarray(im.convert(mode), dtype=np.uint8) for im in opened])
+    x = np.stack([np.asarray(im.convert("RGB").convert("L") if mode == "L" and im.mode not in ("L", "1", "LA")
+                             else im.convert(mode), dtype=np.uint8) for im in opened])
     x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
     labels = names = None
     if labelled:
@@ -290,6 +359,14 @@ def _read_images(folder: Path, options: dict) -> Source:
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[p.parent.relative_to(folder).as_posix()] for p in files], dtype=np.int64)
     return Source(np.ascontiguousarray(x), labels, label_names=names)
+
+
+def _is_grey(im) -> bool:
+    """One channel of grey (1-bit, L, L with alpha), or a palette or RGB image whose colours are all grey."""
+    if im.mode in ("L", "1", "LA"):
+        return True
+    rgb = np.asarray(im.convert("RGB"))
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def _idx_images(path: Path) -> np.ndarray:
@@ -341,7 +418,7 @@ def _read_file(path: Path, options: dict) -> Source:
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 arrays = dict(arrays)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # OSError, ValueError, zipfile.BadZipFile, ...
             raise DataError(f"{path}: cannot read it as a .npz file ({e})") from e
         return _from_mapping(arrays, options, str(path))
     if suffix == ".pt":
@@ -351,9 +428,9 @@ def _read_file(path: Path, options: dict) -> Source:
         except Exception as e:  # torch raises many kinds for a corrupt or unsafe file
             raise DataError(f"{path}: cannot read it as a saved tensor or dict of tensors ({e})") from e
         if isinstance(obj, torch.Tensor):
-            return Source(_numeric(obj.numpy(), str(path)))
+            return Source(_numeric(_as_numpy(obj), str(path)))
         if isinstance(obj, dict):
-            return _from_mapping({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in obj.items()},
+            return _from_mapping({k: _as_numpy(v) if isinstance(v, torch.Tensor) else v for k, v in obj.items()},
                                  options, str(path))
         raise DataError(f"{path}: holds a {type(obj).__name__}; save a tensor (n, ...) or a dict "
                         "{'x': ..., 'y': ...}")
@@ -391,7 +468,12 @@ def _read_h5ad(path: Path, options: dict) -> Source:
         import anndata
     except ImportError as e:
         raise DataError(f"{path}: reading .h5ad files needs anndata: pip install 'pyrovae[anndata]'") from e
-    adata = anndata.read_h5ad(path)
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as e:  # h5py and anndata raise many kinds for a corrupt file
+        raise DataError(f"{path}: cannot read it as an .h5ad file ({e})") from e
+    if options.get("raw") and adata.raw is None:
+        raise ConfigError(f"{path}: raw=true, but the file has no .raw; leave the option out to read X")
     matrix = adata.raw.to_adata() if options.get("raw") else adata
     layer = options.get("layer")
     if layer is not None and layer not in matrix.layers:
@@ -405,6 +487,8 @@ def _read_h5ad(path: Path, options: dict) -> Source:
             raise ConfigError(f"{path}: no obs column {column!r}; it has {', '.join(map(str, adata.obs.columns))}")
         import pandas as pd
         labels, uniques = pd.factorize(adata.obs[column], sort=True)
+        if (labels < 0).any():
+            raise DataError(f"{path}: the obs column {column!r} has {(labels < 0).sum()} missing values")
         labels, names = labels.astype(np.int64), tuple(map(str, uniques))
     return Source(_numeric(x, str(path)), labels, feature_names=tuple(map(str, matrix.var_names)), label_names=names)
 

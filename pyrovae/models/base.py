@@ -201,10 +201,17 @@ class Family(nn.Module):
         model sees them, else on the first 1000 (after their random transform, drawn with a generator of its
         own, so the run's random draws are untouched; or as read from disk for a split streamed from a file,
         which is not read whole)."""
-        first = data.get(torch.arange(min(len(data), 1000)), torch.Generator().manual_seed(seed))
-        self.check_data(first)
-        if data.binarization not in RANDOM_TRANSFORMS and getattr(data, "in_memory", True):
-            self.check_data(data.images)
+        try:
+            first = data.get(torch.arange(min(len(data), 1000)), torch.Generator().manual_seed(seed))
+            self.check_data(first)
+            if data.binarization not in RANDOM_TRANSFORMS and getattr(data, "in_memory", True):
+                self.check_data(data.images)
+        except DataError as e:
+            fitted = getattr(data, "fitted", None)
+            if fitted is None:
+                raise
+            raise DataError(f"{e} (these are the values after the transform {fitted.kind!r} fitted on the training "
+                            "split; transform='none' keeps the data's own values)") from None
 
     def init_from_data(self, train: ImageDataset) -> None:
         """Initialise from the training data before the first step: by default the likelihood's
@@ -331,6 +338,10 @@ def check_labels(y, batch: int | None = None, num_classes: int = 10) -> None:
         batch: the number of data points they label; checked when given.
         num_classes: the number of classes (10 for MNIST digits).
     """
+    if y is None:
+        raise DataError("this model takes labels, and the data has none: give the source its labels (a table's "
+                        "--data-option label=COLUMN, class sub-folders of images, 'y' in an .npz or .pt) or train an "
+                        "unconditional VAE")
     if not isinstance(y, torch.Tensor):
         raise ArgumentTypeError(f"labels must be a torch.Tensor of int64 classes in [0, {num_classes}), got "
                                 f"{type(y).__name__}; convert them with torch.as_tensor(y, dtype=torch.long)")

@@ -184,7 +184,7 @@ class CVAE(VAE):
     def check_dataset(self, data, seed: int = 0) -> None:
         """:meth:`pyrovae.VAE.check_dataset`, and the split's labels (see :meth:`check_labels`)."""
         super().check_dataset(data, seed)
-        self.check_labels(data.labels, data.images)
+        check_labels(data.labels, len(data), self.num_classes)
 
     def check_labels(self, y: torch.Tensor, x: torch.Tensor | None = None) -> None:
         """Raise one :class:`~pyrovae.errors.DataError` unless ``y`` is a ``(batch,)`` integer tensor with

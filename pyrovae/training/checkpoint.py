@@ -213,6 +213,9 @@ def check_same_data(recorded: DataInfo | None, now: DataInfo) -> None:
     (its sha256 differs): its test split would not be the run's."""
     if recorded is None:
         return
+    if recorded.test_rows_sha256 and now.test_rows_sha256 and recorded.test_rows_sha256 != now.test_rows_sha256:
+        raise DataError("the test split drawn now is not the run's (its rows' hash differs: another split_seed, "
+                        "test_fraction or numpy version?): test numbers would not be comparable")
     before, after = recorded.provenance.get("sha256"), now.provenance.get("sha256")
     if before and after and before != after:
         raise DataError(f"{now.provenance.get('path', now.source)} has changed since this run was trained (sha256 "

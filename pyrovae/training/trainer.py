@@ -184,9 +184,12 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         raise ConfigError(f"early_stopping_patience={trainer.early_stopping_patience} needs a validation split; "
                           "set validation_size (--validation-size) or drop early stopping")
 
-    if ("x_shape" in type(config.model).model_fields and "x_shape" not in config.model.model_fields_set
-            and tuple(config.model.x_shape) != tuple(train.x_shape)):  # not given: the data's
-        config = config.model_copy(update={"model": config.model.replace(x_shape=tuple(train.x_shape))})
+    from_data = {"x_shape": tuple(train.x_shape),  # what the config does not say explicitly comes from the data
+                 "num_classes": None if info is None else info.num_classes}  # the source's classes, all splits
+    update = {k: v for k, v in from_data.items() if v is not None and k in type(config.model).model_fields
+              and k not in config.model.model_fields_set and getattr(config.model, k) != v}
+    if update:
+        config = config.model_copy(update={"model": config.model.replace(**update)})
     model = family_for(config.kind).from_config(config.model)
     for split in (train, validation, test if model.test_each_epoch else None):
         if split is not None:
