@@ -359,3 +359,20 @@ def pyrovae_cvae_config():
 def test_mnist_refuses_options_meant_for_other_sources():
     with pytest.raises(ConfigError, match="do not apply to MNIST"):
         prepare_data(DataConfig(transform="standardize"))
+
+
+def test_an_h5ad_file_round_trips_in_memory_and_streamed(tmp_path):
+    anndata = pytest.importorskip("anndata", reason="anndata is an optional extra (pip install 'pyrovae[anndata]')")
+    import scipy.sparse
+    adata = anndata.AnnData(scipy.sparse.csr_matrix(COUNTS))
+    adata.obs["cell_type"] = pd.Categorical(np.array(["a", "b", "c"])[LABELS])
+    adata.write_h5ad(tmp_path / "x.h5ad")
+    options = {"label": "cell_type"}
+    info, _, _ = _round_trip(tmp_path / "run", _config(tmp_path / "x.h5ad", data_options=options))
+    assert info["label_names"] == ["a", "b", "c"] and info["x_shape"] == [5]
+    streamed = prepare_data(DataConfig(source=str(tmp_path / "x.h5ad"), data_options={**options, "stream": True}))
+    in_memory = prepare_data(DataConfig(source=str(tmp_path / "x.h5ad"), data_options=options))
+    assert not streamed[0].in_memory
+    index = torch.tensor([7, 3, 3, 0])
+    assert torch.equal(streamed[0].get(index), in_memory[0].get(index))
+    assert torch.equal(streamed[2].x, in_memory[2].x) and torch.equal(streamed[0].labels, in_memory[0].labels)

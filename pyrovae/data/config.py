@@ -21,7 +21,7 @@ from pydantic import Field, PositiveInt
 
 from ..errors import ConfigError, DataError
 from ..settings import Settings
-from .dataset import RANDOM_TRANSFORMS, ArrayDataset, NpyRows, binarize, dequantize
+from .dataset import RANDOM_TRANSFORMS, ArrayDataset, binarize, dequantize
 from .mnist import TEST_BINARIZATION_SEED, load_mnist
 from .sources import NAMED_SETS, Source, read_source
 from .transforms import TRANSFORMS, FittedTransform, choose_transform, fit_transform
@@ -243,7 +243,7 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
         if "binarization" in config.model_fields_set and config.binarization != "dynamic":
             raise ConfigError(f"binarization={config.binarization!r} is for grey-level images (uint8); this data is "
                               f"{src.x.dtype}: use transform (none, standardize, log1p, binarize)")
-        if isinstance(src.x, NpyRows):
+        if not isinstance(src.x, np.ndarray):  # rows read from disk (.npy, backed .h5ad)
             train = ArrayDataset(src.x, None if src.labels is None else torch.from_numpy(src.labels[train_rows]),
                                  rows=train_rows, **names)
         else:

@@ -46,7 +46,8 @@ SOURCE_OPTIONS = {
               "drop": "comma-separated columns to leave out (e.g. an id)",
               "header": "false: the first row is data, not column names"},
     "h5ad": {"layer": "the layer to read (default X)", "label": "an obs column of class labels",
-             "raw": "true: read .raw"},
+             "raw": "true: read .raw",
+             "stream": "true: read cells from disk a batch at a time, AnnData's backed mode (default: over 2 GiB)"},
     "idx": {"labels": "the IDX file of labels", "test": "an IDX file of test images",
             "test_labels": "the IDX file of test labels"},
     "images": {"mode": "'L' (grey, one channel) or 'RGB' (default: L when every image is grey)"},
@@ -59,7 +60,8 @@ class Source:
     """What a source holds, before splitting and transforms.
 
     Attributes:
-        x: ``(n, *x_shape)`` array (uint8 for grey-level images) or :class:`~pyrovae.data.dataset.NpyRows`.
+        x: ``(n, *x_shape)`` array (uint8 for grey-level images), or rows read from disk on demand
+            (:class:`~pyrovae.data.dataset.NpyRows`, :class:`H5adRows`).
         labels: ``(n,)`` int64 or None.
         test: the source's own test split ``(x, labels)``, or None (then a seeded fraction is held out).
         feature_names, label_names: names where the source has them.
@@ -67,7 +69,7 @@ class Source:
             "version"}`` for named sets, ``{"kind": "python", "type"}`` for objects.
     """
 
-    x: np.ndarray | NpyRows
+    x: "np.ndarray | NpyRows | H5adRows"
     labels: np.ndarray | None = None
     test: tuple | None = None
     feature_names: tuple[str, ...] | None = None
@@ -468,8 +470,13 @@ def _read_h5ad(path: Path, options: dict) -> Source:
         import anndata
     except ImportError as e:
         raise DataError(f"{path}: reading .h5ad files needs anndata: pip install 'pyrovae[anndata]'") from e
+    stream = options.get("stream")
+    stream = path.stat().st_size > STREAM_THRESHOLD if stream is None else bool(stream)
+    if stream and (options.get("raw") or options.get("layer")):
+        raise ConfigError(f"{path}: a streamed .h5ad file is read from its X only (AnnData's backed mode); leave out "
+                          "raw and layer, or stream=false to read the file into memory")
     try:
-        adata = anndata.read_h5ad(path)
+        adata = anndata.read_h5ad(path, backed="r" if stream else None)
     except Exception as e:  # h5py and anndata raise many kinds for a corrupt file
         raise DataError(f"{path}: cannot read it as an .h5ad file ({e})") from e
     if options.get("raw") and adata.raw is None:
@@ -478,8 +485,11 @@ def _read_h5ad(path: Path, options: dict) -> Source:
     layer = options.get("layer")
     if layer is not None and layer not in matrix.layers:
         raise ConfigError(f"{path}: no layer {layer!r}; it has {', '.join(matrix.layers) or 'none'} (default: X)")
-    x = matrix.layers[layer] if layer is not None else matrix.X
-    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+    if stream:
+        x = H5adRows(adata)
+    else:
+        x = matrix.layers[layer] if layer is not None else matrix.X
+        x = _numeric(x.toarray() if hasattr(x, "toarray") else np.asarray(x), str(path))
     labels = names = None
     if "label" in options:
         column = str(options["label"])
@@ -490,7 +500,27 @@ def _read_h5ad(path: Path, options: dict) -> Source:
         if (labels < 0).any():
             raise DataError(f"{path}: the obs column {column!r} has {(labels < 0).sum()} missing values")
         labels, names = labels.astype(np.int64), tuple(map(str, uniques))
-    return Source(_numeric(x, str(path)), labels, feature_names=tuple(map(str, matrix.var_names)), label_names=names)
+    return Source(x, labels, feature_names=tuple(map(str, matrix.var_names)), label_names=names)
+
+
+class H5adRows:
+    """The rows of an ``.h5ad`` file's X, read on demand through AnnData's backed mode (dense or sparse X):
+    ``rows[index]`` reads only those cells, as float32 ``(len(index), n_genes)``."""
+
+    def __init__(self, adata):
+        self.adata = adata
+        self.shape = (adata.n_obs, adata.n_vars)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        unique, inverse = np.unique(index, return_inverse=True)  # h5py reads increasing, distinct rows
+        rows = self.adata.X[unique]
+        rows = rows.toarray() if hasattr(rows, "toarray") else np.asarray(rows)
+        return np.asarray(rows, dtype=np.float32)[inverse]
 
 
 def read_source(source, options: dict | None = None) -> Source:
