@@ -164,7 +164,7 @@ def test_the_registry_refuses_what_is_not_a_family_and_names_the_known_kinds():
 
     with pytest.raises(ConfigError, match="class attribute kind"):
         register_family(Nameless)
-    with pytest.raises(ConfigError, match="no model family of kind 'gan'.*vae, cvae"):
+    with pytest.raises(ConfigError, match="no model family of kind 'gan'.*vae, autoencoder, cvae"):
         family_for("gan")
 
 

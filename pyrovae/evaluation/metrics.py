@@ -93,7 +93,7 @@ def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | N
     num_samples = checks.integer(num_samples, "num_samples", 0, hint="importance samples per data point; 0: skip")
     args = program_arguments(model, data)
     metrics = {"log_likelihood_of": model.log_likelihood_of}
-    if num_samples:
+    if num_samples and model.defines_likelihood:
         out = log_likelihood(model.model, model.guide, *args, num_samples=num_samples, max_chunk=max_chunk,
                              device=device, progress=progress, max_memory_gb=max_memory_gb, context=context)
         if per_image:

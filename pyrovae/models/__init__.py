@@ -3,11 +3,12 @@ structured-output CVAE and the semi-supervised M2, each registered under its ``k
 
 from .base import (FAMILIES, Family, LossRecord, ModelConfig, Stage, check_labels, config_from_dict, data_plate,
                    family_for, register_family)
+from .autoencoder import Autoencoder, AutoencoderConfig
 from .cvae import CVAE, CVAEConfig
 from .m2 import M2, M2Config, M2Objective
 from .structured import StructuredConfig, StructuredCVAE
 from .vae import VAE, PlugInConfig, VAEConfig, check_data
 
-__all__ = ["CVAE", "CVAEConfig", "FAMILIES", "Family", "LossRecord", "M2", "M2Config", "M2Objective", "ModelConfig",
+__all__ = ["Autoencoder", "AutoencoderConfig", "CVAE", "CVAEConfig", "FAMILIES", "Family", "LossRecord", "M2", "M2Config", "M2Objective", "ModelConfig",
            "PlugInConfig", "Stage", "StructuredCVAE", "StructuredConfig", "VAE", "VAEConfig", "check_data",
            "check_labels", "config_from_dict", "data_plate", "family_for", "register_family"]

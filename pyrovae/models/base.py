@@ -139,6 +139,8 @@ class Family(nn.Module):
             validation accuracy; the test split is never used to choose anything).
         log_likelihood_of: what the importance-sampled log-likelihood of its programs is, for reports
             (``"log p(x)"``, ``"log p(x | y)"``, ...).
+        defines_likelihood: whether its programs define a density of the data (False for an autoencoder:
+            the evaluator then reports no importance-sampled log-likelihood, only the family's own metrics).
         trainer_defaults: the trainer settings this family trains with unless told otherwise (see
             :class:`pyrovae.training.TrainerConfig`).
     """
@@ -149,6 +151,7 @@ class Family(nn.Module):
     weighted_sites: ClassVar[Sequence[str] | None] = None
     test_each_epoch: ClassVar[bool] = False
     log_likelihood_of: ClassVar[str] = "log p(x)"
+    defines_likelihood: ClassVar[bool] = True
     trainer_defaults: ClassVar[dict] = {}
 
     config: ModelConfig

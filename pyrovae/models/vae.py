@@ -190,6 +190,15 @@ class VAE(Family):
         return self.decode(self.encode(x)["loc"]).mean
 
     @torch.no_grad()
+    def reconstruction_error(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The reconstruction error of ``x (batch, *x_shape)`` at z = the mean of q(z|x) (the code, for an
+        autoencoder), per data point ``(batch,)``: ``reconstruction_nll`` = -log p(x | z) in the likelihood's own
+        loss (nats; the binary cross-entropy for a Bernoulli) and ``squared_error`` = ||x - E[x | z]||^2."""
+        decoded = self.decode(self.encode(x)["loc"])
+        return {"reconstruction_nll": -decoded.log_prob(x),
+                "squared_error": (x - decoded.mean).pow(2).flatten(1).sum(-1)}
+
+    @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """``n`` draws z ~ p(z) decoded to the mean of p(x|z): ``(n, *x_shape)``. Seed with
         ``pyro.set_rng_seed`` for reproducible draws."""

@@ -1,0 +1,57 @@
+"""Post-hoc samplers: generating from any trained model through a density fitted to its codes.
+
+A VAE generates by decoding z ~ p(z). An autoencoder has no prior its codes were trained to match, so decoding
+z ~ N(0, I) lands where no training code lies. Ghosh, Sajjadi, Vergari, Black & Schölkopf (2020, "From
+variational to deterministic autoencoders", ICLR) fit a Gaussian mixture to the codes of the training set
+after training and decode its draws instead ("ex-post density estimation"); :func:`fit_latent_gmm` does that
+for any model with ``encode`` (the mean of q(z|x) for a VAE, the code for an autoencoder).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import checks
+from ..torchtools import device_of
+
+
+@torch.no_grad()
+def encode_all(model, data, chunk: int = 2000) -> torch.Tensor:
+    """The codes of every data point of ``data`` (an :class:`~pyrovae.data.ArrayDataset` or a tensor
+    ``(n, *x_shape)``): the mean of q(z|x), ``(n, z_dim)``, on the CPU."""
+    device = device_of(model)
+    chunks = data.chunks(chunk) if hasattr(data, "chunks") else data.split(chunk)
+    return torch.cat([model.encode(x.to(device))["loc"].cpu() for x in chunks])
+
+
+def fit_latent_gmm(model, train, n_components: int = 10, seed: int = 0, covariance_type: str = "full"):
+    """A ``sklearn.mixture.GaussianMixture`` of ``n_components`` fitted to the codes of ``train`` (see
+    :func:`encode_all`), seeded with ``seed``.
+
+    Raises:
+        ConfigError: ``n_components`` below 1.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    checks.positive_int(n_components, "n_components")
+    codes = encode_all(model, train).double().numpy()
+    return GaussianMixture(n_components, covariance_type=covariance_type, random_state=seed,
+                           reg_covar=1e-6).fit(codes)
+
+
+def sample_codes(gmm, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` draws z from the fitted mixture, ``(n, z_dim)`` float32, in random order (scikit-learn returns them
+    grouped by component)."""
+    checks.positive_int(n, "n")
+    gmm.random_state = seed
+    z, _ = gmm.sample(n)
+    order = np.random.default_rng(seed).permutation(n)
+    return torch.as_tensor(z[order], dtype=torch.float32)
+
+
+@torch.no_grad()
+def sample_gmm(model, gmm, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` samples of ``model`` through the mixture: the mean of p(x | z) at z ~ gmm, ``(n, *x_shape)``."""
+    z = sample_codes(gmm, n, seed).to(device_of(model))
+    return model.decode(z).mean
