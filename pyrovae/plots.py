@@ -221,7 +221,8 @@ def plot_completions(inputs: torch.Tensor, truth: torch.Tensor, baseline: torch.
 
 
 def plot_samples_by_label(samples: torch.Tensor, num_per_label: int, path, labels: Sequence | None = None,
-                          title: str = "samples of p(x | z, y), one row per label (mean of p(x|z,y))") -> Path:
+                          title: str = "samples of p(x | z, y), one row per label (mean of p(x|z,y))",
+                          ylabel: str = "label y") -> Path:
     """A grid with one row per label: ``samples (rows * num_per_label, 1, H, W)`` label-major (as
     :meth:`pyrovae.CVAE.sample` returns them), each row marked with its label (default
     0, 1, ...)."""
@@ -236,7 +237,7 @@ def plot_samples_by_label(samples: torch.Tensor, num_per_label: int, path, label
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
-    ax.set_ylabel("label y")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
