@@ -37,7 +37,7 @@ from sklearn.mixture import GaussianMixture
 import pyrovae
 from pyrovae import DataConfig, RunConfig, TrainerConfig, VAEConfig
 from pyrovae.evaluation.baselines import ProbabilisticPCA
-from pyrovae.evaluation.samplers import encode_all, fit_latent_gmm, sample_codes
+from pyrovae.evaluation.samplers import SampleReader, encode_all, fit_latent_gmm, sample_codes
 from pyrovae.models import AutoencoderConfig
 
 TRAINED = {
@@ -54,25 +54,6 @@ EPS = 1e-6
 def _bce(x: np.ndarray, p: np.ndarray) -> np.ndarray:
     p = np.clip(p, EPS, 1 - EPS)
     return -(x * np.log(p) + (1 - x) * np.log1p(-p)).sum(1)
-
-
-class SampleReader:
-    """A logistic regression on training pixels, and the training images for the nearest-neighbour distance."""
-
-    def __init__(self, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray):
-        self.classifier = LogisticRegression(max_iter=300).fit(train_x, train_y)
-        self.train = torch.as_tensor(train_x, dtype=torch.float32)
-        self.reference = float(self.nearest(test_x).mean())
-
-    def nearest(self, x: np.ndarray) -> np.ndarray:
-        d = torch.cdist(torch.as_tensor(x, dtype=torch.float32), self.train)
-        return d.min(1).values.numpy()
-
-    def read(self, samples: np.ndarray) -> dict:
-        probs = self.classifier.predict_proba(samples)
-        counts = np.bincount(probs.argmax(1), minlength=10) / len(samples)
-        return {"confidence": float(probs.max(1).mean()), "coverage": int((counts >= 0.05).sum()),
-                "nearest_train_distance": float(self.nearest(samples).mean())}
 
 
 def _summary(values: np.ndarray) -> tuple[float, float]:

@@ -25,6 +25,11 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
+    return _save(fig, path)
+
+
 def tile(images: torch.Tensor | np.ndarray, rows: int, cols: int, pad: int = 1) -> np.ndarray:
     """Tile ``(n, C, H, W)`` (C = 1 or 3) or ``(n, H, W)`` images (n <= rows * cols) into one grey
     ``(rows*(H+pad), cols*(W+pad))`` array, or an RGB one with a last axis of 3, row-major."""

@@ -55,3 +55,36 @@ def sample_gmm(model, gmm, n: int, seed: int = 0) -> torch.Tensor:
     """``n`` samples of ``model`` through the mixture: the mean of p(x | z) at z ~ gmm, ``(n, *x_shape)``."""
     z = sample_codes(gmm, n, seed).to(device_of(model))
     return model.decode(z).mean
+
+
+class SampleReader:
+    """Reads samples of any generative model of labelled images with no download: a logistic regression trained
+    on the training images, and the training images themselves for the nearest-neighbour distance.
+
+    Args:
+        train_x: ``(n, D)`` training images, flattened (a few thousand suffice); train_y: ``(n,)`` their labels.
+        reference_x: ``(m, D)`` held-out images: their mean nearest-training distance is the reference.
+        num_classes: the number of classes (coverage counts those that get at least 5% of the samples).
+    """
+
+    def __init__(self, train_x: np.ndarray, train_y: np.ndarray, reference_x: np.ndarray, num_classes: int = 10):
+        from sklearn.linear_model import LogisticRegression
+
+        self.classifier = LogisticRegression(max_iter=300).fit(train_x, train_y)
+        self.train = torch.as_tensor(train_x, dtype=torch.float32)
+        self.num_classes = num_classes
+        self.reference = float(self.nearest(reference_x).mean())
+
+    def nearest(self, x: np.ndarray) -> np.ndarray:
+        """Each row's Euclidean distance to its nearest training image, ``(len(x),)``."""
+        x = torch.as_tensor(x, dtype=torch.float32)
+        return torch.cat([torch.cdist(part, self.train).min(1).values for part in x.split(1000)]).numpy()
+
+    def read(self, samples: np.ndarray) -> dict:
+        """``{"confidence", "coverage", "nearest_train_distance"}`` of ``samples (n, D)``: the classifier's mean
+        largest class probability, the number of classes that receive at least 5% of the samples, and the mean
+        distance to the nearest training image (far below :attr:`reference` means copies of training images)."""
+        probs = self.classifier.predict_proba(np.asarray(samples))
+        share = np.bincount(probs.argmax(1), minlength=self.num_classes) / len(samples)
+        return {"confidence": float(probs.max(1).mean()), "coverage": int((share >= 0.05).sum()),
+                "nearest_train_distance": float(self.nearest(samples).mean())}
