@@ -1,11 +1,13 @@
 """Autoencoders, PCA and the VAE side by side (issue 22), on MNIST at one training budget.
 
-    OMP_NUM_THREADS=1 python benchmarks/autoencoders.py --data-dir ../shared/data --json benchmarks/results/autoencoders.json
+    OMP_NUM_THREADS=1 python benchmarks/autoencoders.py --data-dir ../shared/data \
+        --json benchmarks/results/autoencoders.json
 
 Contenders, each at z_dim 2 and 16: PCA (scikit-learn), probabilistic PCA (closed form), the autoencoder and its
 denoising, sparse and contractive variants, the VAE and the beta-VAE (beta 4); the trained ones with the same
 networks (MLP 784-256-256-z), the Bernoulli likelihood, dynamic binarization, Adam at 1e-3 (cosine), the same
-epochs on the same training images, the KL warm-up over the first fifth of them (VAEs). The test set is binarized once (seed 0). Per model and seed:
+epochs on the same training images, the KL warm-up over the first fifth of them (VAEs). The test set is
+binarized once (seed 0). Per model and seed:
 
 * reconstruction error on the test images at the code (the mean of q for the VAEs): binary cross-entropy and
   squared error, nats and squared pixels per image;

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
 
@@ -162,8 +161,8 @@ def _report(rows, info, n_test, reader, files) -> str:
                      f"{_cell(r['squared_error'])} | {ll_text} | {_cell(r.get('probe_accuracy'), 3)} | {samples[0]} | "
                      f"{samples[1]} |")
     if reader is not None:
-        lines += ["", f"Samples are read by a logistic regression on the training images; coverage counts the classes "
-                      f"that get at least 5% of the samples (of {reader.num_classes}); nearest: the mean distance to the "
-                      f"nearest training image (held-out images: {reader.reference:.2f})."]
+        lines += ["", "Samples are read by a logistic regression on the training images; coverage counts the classes "
+                      f"that get at least 5% of the samples (of {reader.num_classes}); nearest: the mean distance to "
+                      f"the nearest training image (held-out images: {reader.reference:.2f})."]
     lines += ["", *[f"![{Path(f).stem}]({Path(f).name})" for f in files], ""]
     return "\n".join(lines)
