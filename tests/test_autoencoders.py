@@ -134,3 +134,29 @@ def test_an_autoencoder_run_trains_resumes_exactly_and_reports_no_likelihood(tmp
     resumed = runs.train_run(config, tmp_path / "b", resume=True, progress=False, data=data)
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in straight["history"]]
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in resumed["history"]]
+
+
+def test_compare_writes_one_report_over_runs_on_the_same_data_and_refuses_other_data(tmp_path):
+    from pyrovae import ConfigError, DataConfig, VAEConfig
+    from pyrovae.app import runs
+    from pyrovae.app.compare import compare_runs
+    trainer = TrainerConfig(epochs=1, batch_size=32)
+    for name, model in (("ae", AutoencoderConfig(z_dim=2, hidden=(16,), likelihood="binomial")),
+                        ("vae", VAEConfig(z_dim=2, hidden=(16,), likelihood="binomial"))):
+        config = RunConfig(model=model, trainer=trainer, data=DataConfig(source="digits", train_size=200))
+        runs.train_run(config.model_copy(update={"evaluation": config.evaluation.replace(num_samples=5)}),
+                       tmp_path / name, progress=False)
+    result = compare_runs([tmp_path / "ae", tmp_path / "vae"], tmp_path / "report", test_size=100,
+                          probe_train_size=200, num_samples=50)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| ae | autoencoder (plain) | 2 |" in report and "| vae | vae | 2 |" in report
+    ae, vae = result["rows"]
+    assert "log_likelihood" not in ae and vae["log_likelihood"][2] == 5  # only the VAE defines one
+    assert 0 <= ae["probe_accuracy"] <= 1 and 1 <= vae["gmm_samples"]["coverage"] <= 10
+    assert all((tmp_path / "report" / f).exists() for f in ("codes.png", "interpolations.png", "samples.png"))
+    config = RunConfig(model=VAEConfig(z_dim=2, hidden=(16,), likelihood="normal"), trainer=trainer,
+                       data=DataConfig(source="wine"))
+    runs.train_run(config.model_copy(update={"evaluation": config.evaluation.replace(num_samples=5)}),
+                   tmp_path / "wine", progress=False)
+    with pytest.raises(ConfigError, match="different data"):
+        compare_runs([tmp_path / "ae", tmp_path / "wine"], tmp_path / "other")
