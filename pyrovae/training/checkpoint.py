@@ -414,11 +414,6 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
-def holds_lock(run_dir: str | os.PathLike) -> bool:
-    """Whether this process holds the lock of ``run_dir``."""
-    return os.path.realpath(run_dir) in _HELD
-
-
 def read_metrics(run_dir: str | os.PathLike) -> dict:
     """``run_dir/metrics.json`` ({} when absent).
 
