@@ -1,25 +1,52 @@
 """Atomic files: a reader sees the old file or the new one, never half of either.
 
-Every file is written to a temporary name in the same folder, flushed to disk, then renamed over the
-old one (``os.replace`` is atomic on POSIX and Windows), so a run interrupted at any moment keeps its
-last good checkpoint, config and metrics.
+Every file is written to a temporary name in the same folder (``.NAME.XXXXXXXX.tmp``), flushed to disk,
+then renamed over the old one (``os.replace`` is atomic on POSIX and Windows, and replaces a symbolic
+link itself, never the file it points to), so a run interrupted at any moment keeps its last good
+checkpoint, config and metrics. A temporary file that an interrupted write left behind matches
+:data:`TEMPORARY`; :func:`remove_stale_temporaries` removes them (a command does so in a run folder it
+holds the lock of). Files get the mode the umask asks for (``0o666 & ~umask``, as ``open`` gives), not
+the ``0o600`` of a temporary file, so a shared folder stays readable by those it is shared with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
+
+#: The names of the temporary files :func:`atomic_output` creates: ``.NAME.`` + mkstemp's 8 characters
+#: + ``.tmp``.
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where the system says it (Linux), else by setting
+    and restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike):
     """A temporary path in ``path``'s folder to write to (by a library that wants a file name); renamed to
-    ``path`` when the block ends, removed if it raises."""
+    ``path`` when the block ends, removed if it raises. The file has the mode the umask asks for."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -41,3 +68,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files (:data:`TEMPORARY`, regular files only) that interrupted atomic writes left
+    in ``folder``; returns their names. Call it only while no other process writes there (under the
+    folder's lock)."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except FileNotFoundError:
+                pass
+    return sorted(removed)

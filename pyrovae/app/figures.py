@@ -300,6 +300,15 @@ SAMPLERS: dict[str, Callable] = {"vae": sample_vae, "cvae": sample_cvae, "m2": s
 SAMPLERS_NEED_DATA = {"structured-cvae"}
 
 
+def sample_suffix(model: Family) -> str:
+    """What ``pyrovae sample`` writes for ``model``: ``".csv"`` (a table of draws in the data's units) for a VAE,
+    CVAE or M2 of data that is not images, else ``".png"``."""
+    sampler = SAMPLERS.get(model.kind, sample_generic)
+    if sampler in (sample_vae, sample_cvae) and len(getattr(model, "x_shape", (1, 1, 1))) != 3:
+        return ".csv"
+    return ".png"
+
+
 def register_figures(kind: str, figures: Callable | None = None, sampler: Callable | None = None,
                      sampler_needs_data: bool = False) -> None:
     """Register the end-of-training figures and the ``pyrovae sample`` drawing of a family of one's own (see

@@ -3,11 +3,14 @@
 A run folder holds ``config.json``, ``checkpoint.pt`` (and ``best.pt`` with a validation split; see
 :mod:`pyrovae.training.checkpoint`), ``metrics.json`` (the history, training facts and test metrics)
 and figures. Every command reads the family from the checkpoint's ``kind``, so none of them branches on
-it beyond the pictures (:mod:`pyrovae.app.figures`).
+it beyond the pictures (:mod:`pyrovae.app.figures`). Every command that writes to a run folder holds its
+lock while it runs (:func:`~pyrovae.training.checkpoint.run_dir_lock`); an output path never names one of
+a run folder's own files (:func:`check_sample_path`, :func:`check_output_folder`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -18,15 +21,15 @@ import torch
 from .. import checks
 from ..data.config import DataInfo, prepare_data
 from ..data.dataset import ArrayDataset, ImageDataset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RunDirError
 from ..evaluation.metrics import evaluate
-from ..training.checkpoint import (CONFIG, check_same_data, load_run, read_data_info, read_run_config,
-                                  write_metrics)
+from ..training.checkpoint import (CHECKPOINT, CONFIG, OWN_FILES, check_run_dir, check_same_data, load_run,
+                                  own_file, read_data_info, read_run_config, run_dir_lock, write_metrics)
 from ..training.config import RunConfig
 from ..training.distributed import init_distributed, is_main_process
 from ..training.optim import resolve_device
 from ..training.trainer import fit
-from .figures import SAMPLERS, SAMPLERS_NEED_DATA, draw_figures, sample_generic
+from .figures import SAMPLERS, SAMPLERS_NEED_DATA, draw_figures, sample_generic, sample_suffix
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,18 @@ def train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool = Fals
     ``config.evaluation.num_samples`` importance samples (seeded with the run's seed), draw the figures,
     and return ``metrics.json``'s content. ``data``: data passed in Python (see :func:`pyrovae.fit`) instead of
     ``config.data.source``. Under torchrun (data-parallel training, see :mod:`pyrovae.training.distributed`)
-    only rank 0 does all after ``fit``; the others return ``{}``."""
+    only rank 0 does all after ``fit``; the others return ``{}``.
+
+    Raises:
+        RunDirError: see :func:`pyrovae.fit`; the lock (rank 0's) is held from the start to the last file."""
+    context = init_distributed(resolve_device(config.trainer.device))
+    context.on_main(lambda: check_run_dir(run_dir, resume))  # a refused folder is not even locked
+    with contextlib.ExitStack() as lock:
+        context.on_main(lambda: lock.enter_context(run_dir_lock(run_dir, "train", create=True)) and None)
+        return _train_run(config, run_dir, resume, progress, data)
+
+
+def _train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool, progress: bool | None, data) -> dict:
     if resume:  # the run's own data settings and transform
         own = read_run_config(run_dir).data
         if "source" in config.data.model_fields_set and config.data.source != own.source:
@@ -104,7 +118,7 @@ def train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool = Fals
                          data_info=info)
     if not is_main_process():
         return {}
-    config = RunConfig.load(Path(run_dir) / CONFIG)  # on resume, the run's own settings
+    config = RunConfig.load(own_file(run_dir, CONFIG))  # on resume, the run's own settings
     pyro.set_rng_seed(config.trainer.seed)
     metrics = evaluate(model, test, config.evaluation.num_samples, progress=progress)
     if "log_likelihood_nats" in metrics:
@@ -138,6 +152,14 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: 
         if value is not None:
             checks.positive_int(value, name)
     context = init_distributed(resolve_device(device))
+    with contextlib.ExitStack() as lock:  # it writes metrics.json: rank 0 holds the run folder's lock
+        context.on_main(lambda: lock.enter_context(run_dir_lock(run_dir, "evaluate")) and None)
+        return _evaluate_run(run_dir, num_samples, data_dir, context, max_chunk, progress, max_memory_gb, probe,
+                             probe_train_size, latent_statistics, test_size, which, data)
+
+
+def _evaluate_run(run_dir, num_samples, data_dir, context, max_chunk, progress, max_memory_gb, probe,
+                  probe_train_size, latent_statistics, test_size, which, data) -> dict:
     model, config, _ = load_run(run_dir, context.device, which)
     seed = config.trainer.seed
     train, _, test, info = run_data(run_dir, config, data, data_dir, validation_size=0, train_size=probe_train_size,
@@ -177,11 +199,17 @@ def diagnose_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     reference posteriors, amortization gap, KL per dimension, active units; see
     :func:`pyrovae.diagnostics.diagnose`, which takes ``options``; parts a family does not support are
     skipped with the reason), written to ``out`` (default: the run folder) as ``diagnostics.*`` files.
-    Nothing else in the folder is changed."""
+    Nothing else in the folder is changed. Writing into a run folder, it holds the folder's lock.
+
+    Raises:
+        ConfigError: ``out`` is a file, or one of a run folder's own files (see :func:`check_output_folder`).
+        RunDirError: another process holds the lock of the run folder written to."""
     from ..diagnostics import diagnose  # imports ArviZ, which only this command needs
 
-    model, config, _ = load_run(run_dir, resolve_device(device), which)
-    return diagnose(model, _test_set(run_dir, config, data_dir, data), out if out is not None else run_dir, **options)
+    out = check_output_folder(out, run_dir)
+    with _lock_if_run_folder(out, run_dir, "diagnose"):
+        model, config, _ = load_run(run_dir, resolve_device(device), which)
+        return diagnose(model, _test_set(run_dir, config, data_dir, data), out, **options)
 
 
 def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str | None = None,
@@ -192,16 +220,95 @@ def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str 
     decoded latent manifold of that digit); for a structured-output CVAE, completions of the first ``n``
     test images.
 
+    ``out`` (default: a new name in the run folder) must end in ``.png`` (``.csv`` for samples of data that is
+    not images) and never be a run folder's own file (see :func:`check_sample_path`). Writing into a run
+    folder, it holds the folder's lock.
+
     Raises:
         ConfigError: ``n < 1``; ``digit`` or ``manifold`` for a family without labels; ``digit`` outside the
-            run's labels; ``manifold`` without ``digit`` or with z_dim != 2.
+            run's labels; ``manifold`` without ``digit`` or with z_dim != 2; ``out`` of another kind.
+        RunDirError: ``out`` would replace a run folder's own file or a file that is not an image; another
+            process holds the lock of the run folder written to.
     """
     checks.positive_int(n, "n")
     model, config, _ = load_run(run_dir, resolve_device(device))
-    test = None
-    if model.kind in SAMPLERS_NEED_DATA:
-        test = _test_set(run_dir, config, data_dir, data)
-    elif (info := read_data_info(run_dir)) is not None and info.source != "mnist":
-        test = units_of(info)  # the data's units and names come from data.json alone
-    sampler = SAMPLERS.get(model.kind, sample_generic)
-    return sampler(model, Path(run_dir), n, seed, out, test, digit=digit, manifold=manifold)
+    if out is not None:
+        out = str(check_sample_path(out, run_dir, sample_suffix(model)))
+    with _lock_if_run_folder(Path(out).parent if out is not None else Path(run_dir), run_dir, "sample"):
+        test = None
+        if model.kind in SAMPLERS_NEED_DATA:
+            test = _test_set(run_dir, config, data_dir, data)
+        elif (info := read_data_info(run_dir)) is not None and info.source != "mnist":
+            test = units_of(info)  # the data's units and names come from data.json alone
+        sampler = SAMPLERS.get(model.kind, sample_generic)
+        return sampler(model, Path(run_dir), n, seed, out, test, digit=digit, manifold=manifold)
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / CHECKPOINT).exists() or (folder / CONFIG).exists()
+
+
+def _lock_if_run_folder(folder: Path, run_dir: str | os.PathLike, command: str):
+    """The lock of ``folder`` when it is ``run_dir`` or another run folder (it holds a checkpoint or config);
+    nothing for a folder of the user's own."""
+    folder = Path(folder)
+    if folder.exists() and (_is_run_folder(folder) or os.path.realpath(folder) == os.path.realpath(run_dir)):
+        return run_dir_lock(folder, command)
+    return contextlib.nullcontext()
+
+
+def _own_file_of_a_run(path: Path) -> bool:
+    return path.name in OWN_FILES and (path.parent.is_dir() and _is_run_folder(path.parent))
+
+
+def check_sample_path(out: str | os.PathLike, run_dir: str | os.PathLike, suffix: str) -> Path:
+    """``out`` as ``pyrovae sample --out`` may write it: a file name ending in ``suffix`` (``.png``; ``.csv`` for
+    samples of data that is not images), not one of a run folder's own files (checkpoint, config, metrics, data),
+    not a folder or a link, and, where it exists, a PNG image (``.png``) or not the run's own data file (``.csv``):
+    a write goes only where an image (or a table of samples) was asked for.
+
+    Raises:
+        ConfigError: another suffix; a folder.
+        RunDirError: a run folder's own file, a link, an existing file of another kind, or the run's data.
+    """
+    path = Path(out)
+    if path.name in OWN_FILES:
+        raise RunDirError(f"--out {out} is a run folder's own file ({path.name}); sample writes only pictures "
+                          f"(or tables of samples): give a new file name ending in {suffix}")
+    if path.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name ending in {suffix}")
+    if path.suffix.lower() != suffix:
+        raise ConfigError(f"--out {out}: this run's samples are written as {suffix[1:].upper()} "
+                          f"({'a table' if suffix == '.csv' else 'an image'}); give a file name ending in {suffix}")
+    if path.is_symlink():
+        raise RunDirError(f"--out {out} is a symbolic link; give the path of a new or an image file")
+    if path.exists():
+        if suffix == ".png":
+            with open(path, "rb") as f:
+                if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                    raise RunDirError(f"--out {out} exists and is not a PNG image; sample replaces only an image: "
+                                      "give a new file name")
+        else:
+            info = read_data_info(run_dir)
+            source = None if info is None else info.provenance.get("path")
+            if source and os.path.exists(source) and os.path.samefile(source, path):
+                raise RunDirError(f"--out {out} is the data this run was trained on; give a new file name")
+    return path
+
+
+def check_output_folder(out: str | os.PathLike | None, run_dir: str | os.PathLike) -> Path:
+    """The folder ``diagnose`` writes to (``run_dir`` when ``out`` is None): new or a folder, never a file or one
+    of a run folder's own files' names.
+
+    Raises:
+        ConfigError: ``out`` is a file, or named like a run folder's own file inside a run folder.
+    """
+    if out is None:
+        return Path(run_dir)
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is a file; diagnose writes a folder of files (diagnostics.json, "
+                          "diagnostics.md, figures): give a folder")
+    if _own_file_of_a_run(path):
+        raise ConfigError(f"--out {out} is named as a run folder's own file ({path.name}); give another folder")
+    return path

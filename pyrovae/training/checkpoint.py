@@ -7,6 +7,11 @@ last epoch's model, optimizer, schedule, RNG states, history and the family's ow
 history and test metrics) and figures. Every file is written to a temporary name and renamed
 (:mod:`pyrovae.files`), so a run stopped at any moment keeps its last good checkpoint.
 
+What a user had is never overwritten or mixed: a new run goes only into a new or empty folder
+(:func:`check_run_dir`); every command that writes to a run folder holds its lock (:func:`run_dir_lock`,
+the file ``.pyrovae.lock`` with the owner's process id and host); a run folder's own files are read only
+when they are files inside it, never through a symbolic link (:func:`own_file`).
+
 Checkpoints written before the one-protocol trainer (format ``pyrovae-checkpoint-v1``: a VAE's without
 ``kind``, M2's and the structured-output CVAE's with theirs) are read through :func:`upgrade_v1` and
 load, evaluate and resume like new ones.
@@ -14,17 +19,23 @@ load, evaluate and resume like new ones.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
+import socket
+import sys
+import time
+import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from ..data.config import DataInfo
 from ..errors import CheckpointError, ConfigError, DataError, RunDirError
-from ..files import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from ..models.base import Family, family_for
 from .config import RunConfig
 
@@ -33,8 +44,13 @@ BEST = "best.pt"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 DATA = "data.json"
+LOCK = ".pyrovae.lock"
+#: The files of a run folder that no output of a command may replace.
+OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, DATA, LOCK)
 FORMAT = "pyrovae-checkpoint-v2"
 FORMAT_V1 = "pyrovae-checkpoint-v1"
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
@@ -146,31 +162,265 @@ def upgrade_v1(state: dict) -> dict:
 # --- run folders ------------------------------------------------------------------------------------------
 
 
-def read_run_dir(run_dir: Path, resume: bool, load: Callable[[Path], dict] = load_checkpoint) -> dict | None:
-    """The checkpoint to resume from, read with ``load`` (None for a new run).
+def own_file(run_dir: str | os.PathLike, name: str) -> Path:
+    """``run_dir/name``, a file of the run folder itself: pyrovae reads a run folder's files only inside it.
 
     Raises:
-        RunDirError: ``run_dir`` holds a checkpoint and ``resume`` is False, or ``resume`` is True and
-            it holds none.
+        RunDirError: ``run_dir/name`` is a symbolic link, or lies outside ``run_dir`` once resolved (its
+            content would be another file's, merged into the run's).
     """
-    ckpt_path = Path(run_dir) / CHECKPOINT
+    path = Path(run_dir) / name
+    if path.is_symlink():
+        raise RunDirError(f"{path} is a symbolic link (to {os.readlink(path)}); pyrovae follows no links out of a "
+                          "run folder. Put the file itself there, or remove the link")
+    if path.exists() and path.resolve().parent != Path(run_dir).resolve():
+        raise RunDirError(f"{path} lies outside its run folder ({path.resolve()}); pyrovae follows no links out of "
+                          "a run folder")
+    return path
+
+
+def check_run_dir(run_dir: str | os.PathLike, resume: bool) -> None:
+    """Refuse a folder that a new run (``resume`` False) or a resumed one would lose work in; reads nothing
+    but the folder's listing, writes nothing.
+
+    Raises:
+        RunDirError: ``run_dir`` is a file; ``resume`` and no checkpoint; not ``resume`` and ``run_dir``
+            holds a run (a checkpoint) or anything else (a user's files, a config or pictures left
+            without a checkpoint): a new run goes only into a new or empty folder.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a folder; choose a folder for the run (--out)")
+    ckpt = run_dir / CHECKPOINT
     if resume:
-        if not ckpt_path.exists():
+        if not ckpt.exists() and not ckpt.is_symlink():
             raise RunDirError(f"--resume given but {run_dir} holds no {CHECKPOINT}; start a new run without --resume")
-        return load(ckpt_path)
-    if ckpt_path.exists():
+        own_file(run_dir, CHECKPOINT)
+        return
+    if ckpt.exists() or ckpt.is_symlink():
         raise RunDirError(f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it or "
                           "choose another output folder")
-    return None
+    if run_dir.is_dir():
+        others = sorted(e.name for e in os.scandir(run_dir) if e.name != LOCK)
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise RunDirError(f"{run_dir} is not empty ({shown}) and holds no run to resume (no {CHECKPOINT}); a "
+                              "new run goes only into a new or empty folder, so that nothing there is replaced. "
+                              "Choose another output folder (--out), or empty this one")
+
+
+def read_run_dir(run_dir: Path, resume: bool, load: Callable[[Path], dict] = load_checkpoint) -> dict | None:
+    """The checkpoint to resume from, read with ``load`` (None for a new run); see :func:`check_run_dir`.
+
+    Raises:
+        RunDirError: ``run_dir`` holds a checkpoint, or anything else, and ``resume`` is False; ``resume``
+            is True and it holds no checkpoint; the checkpoint is a symbolic link.
+    """
+    check_run_dir(run_dir, resume)
+    return load(own_file(run_dir, CHECKPOINT)) if resume else None
+
+
+# --- the lock of a run folder -----------------------------------------------------------------------------
+
+#: The run folders this process holds the lock of (their real paths), with how many times it took each.
+_HELD: dict[str, int] = {}
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), None where that cannot be read:
+    it tells a live owner from another process that was given its id later."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(owner: dict) -> bool | None:
+    """Whether the lock's owner still runs: None when it cannot be told (another host)."""
+    if owner.get("host") != socket.gethostname():
+        return None
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False  # this process does not hold it (see _HELD), so it was left by an earlier one
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    except OSError:
+        return None
+    started = owner.get("started")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _read_lock(path: Path) -> tuple[str | None, dict | None]:
+    """The lock file's text and the owner it names (None for a file being written or garbled)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        raise RunDirError(f"{path} cannot be read as pyrovae's lock ({e}); remove it if no pyrovae command runs on "
+                          f"{path.parent}") from e
+    with os.fdopen(fd, "rb") as f:
+        text = f.read(4096).decode(errors="replace")
+    try:
+        owner = json.loads(text)
+    except json.JSONDecodeError:
+        return text, None
+    return text, owner if isinstance(owner, dict) else None
+
+
+def _take_over(path: Path, seen: str) -> None:
+    """Remove the stale lock whose text is ``seen``; a lock another process has taken meanwhile (other text)
+    is put back."""
+    aside = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    try:
+        if aside.read_text(errors="replace") != seen:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+    finally:
+        aside.unlink()
+
+
+def _acquire(run_dir: Path, command: str) -> str:
+    """Create ``run_dir/.pyrovae.lock`` (O_CREAT | O_EXCL: exactly one process succeeds), taking over a
+    stale one; returns the lock's token."""
+    path = run_dir / LOCK
+    token = uuid.uuid4().hex
+    text = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid()),
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command, "token": token})
+    for _ in range(100):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            return token
+        seen, owner = _read_lock(path)
+        if seen is None:
+            continue  # released meanwhile
+        if owner is None:  # being written by its owner, or left garbled by a process killed while writing it
+            try:
+                age = time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age < 5:
+                time.sleep(0.05)
+                continue
+            log.warning("taking over the unreadable lock %s (%.0f s old)", path, age)
+            _take_over(path, seen)
+            continue
+        alive = _alive(owner)
+        if alive is False:
+            log.warning("taking over the stale lock of %s: process %s on %s (%s, since %s) no longer runs",
+                        run_dir, owner.get("pid"), owner.get("host"), owner.get("command"), owner.get("since"))
+            _take_over(path, seen)
+            continue
+        where = "" if alive else " (another machine: pyrovae cannot tell whether it still runs)"
+        raise RunDirError(f"{run_dir} is in use by process {owner.get('pid')} on {owner.get('host')}{where}: "
+                          f"pyrovae {owner.get('command')}, since {owner.get('since')}. Wait for it to end; if no "
+                          f"such process runs, delete {path}")
+    raise RunDirError(f"cannot take the lock {path}: other processes keep taking it; try again")
+
+
+def _release(run_dir: Path, token: str) -> None:
+    path = run_dir / LOCK
+    seen, owner = _read_lock(path)
+    if owner is not None and owner.get("token") == token:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    elif seen is not None:
+        log.warning("%s no longer holds this process's lock (taken over by process %s); left as it is", path,
+                    None if owner is None else owner.get("pid"))
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | os.PathLike, command: str = "", create: bool = False) -> Iterator[Path]:
+    """Hold the exclusive lock of a run folder inside the block: every pyrovae command that writes to a run
+    folder does, so that two of them never write the same folder at once.
+
+    The lock is the file ``.pyrovae.lock`` in the folder, created atomically (``O_CREAT | O_EXCL``) with the
+    owner's process id, host, start time and ``command``, and removed when the block ends (also on an
+    exception). A lock whose process no longer runs on this host (killed, or its id given to another
+    process since) is stale: it is taken over, with a warning. Once taken, the folder's own files are
+    checked not to be symbolic links (:func:`own_file`) and the temporary files that interrupted atomic
+    writes left in the folder are removed. The lock is reentrant within a process
+    (``train_run`` holds it around ``fit``, which takes it too). Under torchrun, rank 0 alone takes it (it
+    alone writes). With ``create``, a missing folder is created (and removed again when the block ends
+    and it is still empty); without, a missing folder is not locked.
+
+    Raises:
+        RunDirError: another live process holds the lock (the message names its id and host), ``run_dir``
+            is a file, or one of its own files is a symbolic link.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a folder; choose a folder for the run")
+    created = []
+    if create:
+        for folder in (run_dir, *run_dir.parents):
+            if folder.exists():
+                break
+            created.append(folder)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if not run_dir.is_dir():
+        yield run_dir
+        return
+    key = os.path.realpath(run_dir)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield run_dir
+        finally:
+            _HELD[key] -= 1
+        return
+    try:
+        token = _acquire(run_dir, command or " ".join(sys.argv[:2]))
+    except BaseException:
+        _remove_empty(created)
+        raise
+    _HELD[key] = 1
+    try:
+        for name in OWN_FILES[:-1]:  # a link among them is refused before anything is computed or written
+            own_file(run_dir, name)
+        removed = remove_stale_temporaries(run_dir)
+        if removed:
+            log.info("removed %d temporary file(s) left by interrupted writes in %s: %s", len(removed), run_dir,
+                     ", ".join(removed))
+        yield run_dir
+    finally:
+        del _HELD[key]
+        _release(run_dir, token)
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a lock created (deepest first) where they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def read_metrics(run_dir: str | os.PathLike) -> dict:
     """``run_dir/metrics.json`` ({} when absent).
 
     Raises:
-        RunDirError: the file exists but is not valid JSON.
+        RunDirError: the file exists but is not valid JSON, or is a symbolic link (see :func:`own_file`).
     """
-    path = Path(run_dir) / METRICS
+    path = own_file(run_dir, METRICS)
     if not path.exists():
         return {}
     try:
@@ -196,9 +446,9 @@ def read_data_info(run_dir: str | os.PathLike) -> DataInfo | None:
     existed).
 
     Raises:
-        RunDirError: the file exists but cannot be read.
+        RunDirError: the file exists but cannot be read, or is a symbolic link (see :func:`own_file`).
     """
-    path = Path(run_dir) / DATA
+    path = own_file(run_dir, DATA)
     if not path.exists():
         return None
     try:
@@ -246,11 +496,11 @@ def read_run_config(run_dir: str | os.PathLike) -> RunConfig:
     """
     run_dir = Path(run_dir)
     try:
-        return RunConfig.load(run_dir / CONFIG)
+        return RunConfig.load(own_file(run_dir, CONFIG))
     except ConfigError:
         if not (run_dir / CHECKPOINT).exists():
             raise
-    return run_config(load_checkpoint(run_dir / CHECKPOINT))
+    return run_config(load_checkpoint(own_file(run_dir, CHECKPOINT)))
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "last"
@@ -270,10 +520,11 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", whi
     Raises:
         CheckpointError: see :func:`load_checkpoint`; also when the weights do not fit the config.
         ConfigError: an unknown ``which``.
+        RunDirError: the checkpoint is a symbolic link (see :func:`own_file`).
     """
     if which not in ("last", "best"):
         raise ConfigError(f"which={which!r} is unknown; choose last or best")
-    path = Path(run_dir) / (CHECKPOINT if which == "last" else BEST)
+    path = own_file(run_dir, CHECKPOINT if which == "last" else BEST)
     state = load_checkpoint(path, map_location=device)
     config = run_config(state)
     model = family_for(config.kind).from_config(config.model)

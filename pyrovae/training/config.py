@@ -73,6 +73,16 @@ class EvaluationConfig(Settings):
                                                      "end (0: skip it)")
 
 
+def _with_defaults(trainer: TrainerConfig, defaults: dict) -> TrainerConfig:
+    """``trainer`` with a family's ``defaults`` for the settings it was not given; those stay out of its
+    ``model_fields_set``, which keeps saying what was given (``--resume`` compares only those)."""
+    unset = {k: v for k, v in defaults.items() if k not in trainer.model_fields_set}
+    if not unset:
+        return trainer
+    checked = TrainerConfig(**{**trainer.model_dump(), **unset})
+    return TrainerConfig.model_construct(_fields_set=set(trainer.model_fields_set), **checked.model_dump())
+
+
 class RunConfig(Settings):
     """Everything a run depends on: ``model`` (its ``kind`` picks the family), ``trainer``, ``data`` and
     ``evaluation``. Defaults: the 50-d MLP VAE of the README.
@@ -106,14 +116,16 @@ class RunConfig(Settings):
             raise ValueError(f"model must be a model config (e.g. pyrovae.VAEConfig()) or a dict with its kind, "
                              f"got {type(model).__name__}")
         defaults = family_for(model.kind).trainer_defaults
-        trainer = values.get("trainer")  # validated as the field, so that errors name trainer.<field>
+        trainer = values.get("trainer")
         if trainer is None:
-            trainer = dict(defaults)
+            trainer = _with_defaults(TrainerConfig(), defaults)
         elif isinstance(trainer, dict):
-            trainer = {**defaults, **trainer}
+            try:
+                trainer = _with_defaults(TrainerConfig(**trainer), defaults)
+            except pydantic.ValidationError:  # validated as the field, so that errors name trainer.<field>
+                trainer = {**defaults, **trainer}
         elif isinstance(trainer, TrainerConfig):
-            unset = {k: v for k, v in defaults.items() if k not in trainer.model_fields_set}
-            trainer = {**trainer.model_dump(), **unset} if unset else trainer
+            trainer = _with_defaults(trainer, defaults)
         return {**values, "model": model, "trainer": trainer}
 
     @property

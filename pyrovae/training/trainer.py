@@ -12,6 +12,7 @@ from the family (:mod:`pyrovae.models.base`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -30,8 +31,9 @@ from ..inference.handlers import kl_weight
 from ..inference.objectives import kl_method, make_elbo
 from ..models.base import Family, Stage, family_for
 from ..torchtools import rng_kept
-from .checkpoint import (BEST, CHECKPOINT, CONFIG, check_same_data, read_data_info, read_run_dir, restore_rng_state,
-                         rng_state, run_config, save_checkpoint, write_data_info, write_metrics)
+from .checkpoint import (BEST, CHECKPOINT, CONFIG, check_run_dir, check_same_data, read_data_info, read_run_dir,
+                         restore_rng_state, rng_state, run_config, run_dir_lock, save_checkpoint, write_data_info,
+                         write_metrics)
 from .config import RunConfig
 from .distributed import DistributedContext, init_distributed
 from .optim import flush_denormals, kl_weight_at, lr_factor, make_optimizer, resolve_device
@@ -43,12 +45,76 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[Family, dict, Path], None]
 
 
+#: The settings ``--resume`` may change: how long the run trains (extend it; never below the epochs it has done),
+#: where it runs, where the MNIST files are now, and the importance samples of its final test evaluation. Every
+#: other setting (the model, the learning rate and its schedule, the batch size, the objective, the data and its
+#: split) is the run's: its checkpoint holds weights, optimizer state and a schedule made with them.
+RESUME_MAY_CHANGE = ("trainer.epochs", "trainer.device", "data.data_dir", "evaluation.num_samples")
+
+
+def _flag(group: str, name: str) -> str:
+    """The command-line flag of a config field (see :mod:`pyrovae.app.cli`)."""
+    name = ("eval_" if group == "evaluation" else "") + (name[:-1] if name.endswith("_options") else name)
+    return "--" + name.replace("_", "-")
+
+
+def given_settings(config: RunConfig) -> dict[str, object]:
+    """``{"group.field": value}`` (JSON values) for each setting of ``config`` given explicitly (pydantic's
+    ``model_fields_set`` of each part; a family's trainer defaults do not count as given), and the model's
+    ``kind``."""
+    given: dict[str, object] = {"model.kind": config.kind}
+    for group in ("model", "trainer", "data", "evaluation"):
+        part = getattr(config, group)
+        values = part.to_dict()
+        given.update({f"{group}.{name}": values[name] for name in sorted(part.model_fields_set) if name != "kind"})
+    return given
+
+
 def resumed_config(state: dict, config: RunConfig) -> RunConfig:
-    """The config a resumed run goes on with: the checkpoint's, except ``trainer.epochs`` (so a finished
-    run can be extended) and ``trainer.device`` from ``config``."""
+    """The config a resumed run goes on with: the checkpoint's, with ``config``'s values of the settings that
+    :data:`RESUME_MAY_CHANGE` lists where ``config`` gives them (``trainer.device`` always).
+
+    Raises:
+        ConfigError: ``config`` gives another setting a value other than the run's: the message names each
+            (field and flag) with the value given and the run's.
+    """
     saved = run_config(state)
-    trainer = saved.trainer.replace(epochs=config.trainer.epochs, device=config.trainer.device)
-    return saved.model_copy(update={"trainer": trainer})
+    runs = {f"{group}.{name}": value for group in ("model", "trainer", "data", "evaluation")
+            for name, value in getattr(saved, group).to_dict().items()}
+    given = given_settings(config)
+    differ = [(path, value) for path, value in given.items()
+              if path not in RESUME_MAY_CHANGE and runs.get(path, value) != value]
+    kind = [(path, value) for path, value in differ if path == "model.kind"]
+    if kind:  # the other fields are another family's
+        raise ConfigError(f"--resume continues the run with its own model, a {runs['model.kind']!r} run; the "
+                          f"command (or config) given is for a {kind[0][1]!r} model. Resume it with the command "
+                          "that trained it")
+    if differ:
+        listed = "; ".join(f"{path} ({_flag(*path.split('.'))}) {value!r}, the run's {runs[path]!r}"
+                           for path, value in differ)
+        raise ConfigError(f"--resume continues a run with its own settings, and these differ from the run's: {listed}. "
+                          "Leave them out (or give the run's values), or start a new run in another folder; on resume "
+                          f"only {', '.join(RESUME_MAY_CHANGE)} may change")
+    trainer = saved.trainer.replace(epochs=given.get("trainer.epochs", saved.trainer.epochs),
+                                    device=config.trainer.device)
+    update = {"trainer": trainer}
+    if "data.data_dir" in given:
+        update["data"] = saved.data.replace(data_dir=config.data.data_dir)
+    if "evaluation.num_samples" in given:
+        update["evaluation"] = saved.evaluation.replace(num_samples=config.evaluation.num_samples)
+    return saved.model_copy(update=update)
+
+
+def _check_epochs_done(stages: list[Stage], history: list[dict], start_stage: int, done: int) -> None:
+    """Raise ConfigError when a resumed run's ``epochs`` would end a stage before the epochs it has done."""
+    for index, stage in enumerate(stages[:start_stage + 1]):
+        label = stage.name if len(stages) > 1 else None
+        ran = done if index == start_stage else sum(1 for row in history if row.get("stage") == label)
+        if stage.epochs < ran:
+            what = f"its {stage.name} stage" if label else "it"
+            raise ConfigError(f"the run has done {ran} epochs{' of ' + stage.name if label else ''}, but --resume "
+                              f"was given {stage.epochs} for {what} (trainer.epochs, --epochs); a run is only "
+                              f"extended, never cut: give --epochs {ran} or more, or leave --epochs out")
 
 
 class _Monitor:
@@ -128,9 +194,12 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     exactly as if it had not stopped.
 
     Args:
-        config: the run's settings. On ``resume`` the checkpoint's config is used, except
-            ``trainer.epochs`` (so a finished run can be extended) and ``trainer.device``.
-        run_dir: the run folder (created if missing).
+        config: the run's settings. On ``resume`` the checkpoint's config is used; ``config`` may change only
+            the settings :data:`RESUME_MAY_CHANGE` lists (``trainer.epochs`` extends a run), and any other
+            setting it gives must have the run's value (only the settings given count: a part's
+            ``model_fields_set``).
+        run_dir: the run folder: new or empty for a new run (created if missing). ``fit`` holds its lock
+            (``.pyrovae.lock``, see :func:`~pyrovae.training.checkpoint.run_dir_lock`) while it runs.
         resume: continue from ``run_dir/checkpoint.pt``.
         data: ``(train, validation or None, test)`` data sets; or data in Python (a tensor or array
             ``(n, *x_shape)``, ``(x, labels)``, a ``torch.utils.data.Dataset`` or a ``DataLoader``), split and
@@ -155,14 +224,24 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         ``test_<name>`` for families that report the test split every epoch, and ``seconds``.
 
     Raises:
-        RunDirError: ``run_dir`` holds a checkpoint and ``resume`` is False, or ``resume`` is True and
-            it holds none.
+        RunDirError: ``run_dir`` holds a checkpoint, or anything else, and ``resume`` is False; ``resume``
+            is True and it holds none; another process holds its lock; its checkpoint is a symbolic link.
         CheckpointError: the checkpoint to resume from is unreadable.
         DataError: data the model cannot take (shape, NaN, values outside the likelihood's support).
-        ConfigError: invalid settings, e.g. an unavailable device or early stopping without validation.
+        ConfigError: invalid settings, e.g. an unavailable device or early stopping without validation; on
+            ``resume``, settings that differ from the run's (see :data:`RESUME_MAY_CHANGE`) or fewer epochs
+            than the run has done.
     """
     run_dir = Path(run_dir)
     ctx = init_distributed(resolve_device(config.trainer.device), distributed)
+    ctx.on_main(lambda: check_run_dir(run_dir, resume))  # a refused folder is not even locked
+    with contextlib.ExitStack() as lock:  # rank 0 alone writes, and holds the run folder's lock
+        ctx.on_main(lambda: lock.enter_context(run_dir_lock(run_dir, "train", create=True)) and None)
+        return _fit(config, run_dir, resume, ctx, data, progress, on_epoch_end, data_info)
+
+
+def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext, data, progress: bool | None,
+         on_epoch_end: EpochCallback | None, data_info) -> tuple[Family, list[dict]]:
     state = ctx.on_main(lambda: read_run_dir(run_dir, resume))  # rank 0 reads; every rank gets it
     if state is not None:
         config = resumed_config(state, config)
@@ -207,8 +286,9 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     history: list[dict] = []
     start_stage, done, stopped, monitor_state = 0, 0, False, None
     if state is not None:
-        model.load_state_dict(state["model"])
         history, start_stage, done = list(state["history"]), int(state["stage"]), int(state["epoch"])
+        _check_epochs_done(stages, history, start_stage, done)  # before config.json is written
+        model.load_state_dict(state["model"])
         stopped, monitor_state = bool(state.get("stopped", False)), state.get("monitor")
         restore_rng_state(state["rng"], generator, device)
         ctx.restore_rng_states(state["rng"].get("ranks"), sample_generator, trainer.seed, done)
@@ -237,7 +317,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             optimizer, lr_factor(trainer.lr_schedule, trainer.final_lr_ratio, stage.epochs * steps))
         monitor = _Monitor(stage, trainer.early_stopping_patience, monitor_state if resuming else None)
         if resuming:
-            _restore_optimizer(optimizer, scheduler, state, trainer.lr)
+            _restore_optimizer(optimizer, scheduler, state, trainer.lr, steps, done)
         ddp = ctx.wrap(model, stage.loss)  # None for one process
         label = stage.name if len(stages) > 1 else None
         for epoch in range(start + 1, stage.epochs + 1):
@@ -266,6 +346,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
                 "epoch": epoch, "stopped": stopped, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, "rng": rng,
                 "family_state": model.family_state(), "monitor": monitor.state(), "world_size": ctx.world_size,
+                "steps_per_epoch": steps,
             }
 
             def write_epoch():
@@ -332,18 +413,34 @@ def _record(record):
     return record.loss, record.terms, record.num_observations
 
 
-def _restore_optimizer(optimizer, scheduler, state: dict, lr: float) -> None:
+def _restore_optimizer(optimizer, scheduler, state: dict, lr: float, steps: int, done: int) -> None:
     """The optimizer's and the schedule's states of the checkpoint being resumed; a checkpoint written
-    before its family had a schedule ran at a constant rate, which the restored optimizer keeps."""
+    before its family had a schedule ran at a constant rate, which the restored optimizer keeps.
+
+    The schedule follows the fraction of the stage's epochs done (the samples seen), not the count of one
+    process's optimizer steps: a run resumed with another number of processes (so another number of steps
+    per epoch, ``steps`` now) goes on from the same point of its schedule (see :func:`resumed_step`)."""
     if state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     lambdas = scheduler.lr_lambdas
     if state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
         scheduler.lr_lambdas = lambdas  # the schedule over the (possibly extended) epochs
+        scheduler.last_epoch = resumed_step(scheduler.last_epoch, state.get("steps_per_epoch"), steps, done)
     for group in optimizer.param_groups:  # the schedule's rate at the step resumed from
         group.setdefault("initial_lr", lr)
         group["lr"] = group["initial_lr"] * lambdas[0](scheduler.last_epoch)
+
+
+def resumed_step(saved_step: int, saved_steps_per_epoch: int | None, steps_per_epoch: int, done: int) -> int:
+    """The schedule's step to resume from: ``saved_step`` of a run that took ``saved_steps_per_epoch``
+    optimizer steps per epoch (inferred from ``done`` epochs for checkpoints that do not say), in today's
+    steps of ``steps_per_epoch`` (they differ when the number of processes has changed). Unchanged when
+    the steps per epoch are (a resumed run then goes on exactly)."""
+    before = saved_steps_per_epoch or (saved_step / done if done else steps_per_epoch)
+    if before == steps_per_epoch:
+        return saved_step
+    return round(saved_step * steps_per_epoch / before)
 
 
 def _kl_term(model: Family, train: ImageDataset, elbo: str, device: torch.device) -> str | None:
