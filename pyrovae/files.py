@@ -2,15 +2,19 @@
 
 Every file is written to a temporary name in the same folder, flushed to disk, then renamed over the
 old one (``os.replace`` is atomic on POSIX and Windows), so a run interrupted at any moment keeps its
-last good checkpoint, config and metrics.
+last good checkpoint, config and metrics. :func:`ensure_writable_dir` checks an output folder once, where a
+command starts writing, so that a path that cannot be written is one clear error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import RunDirError
 
 
 @contextlib.contextmanager
@@ -41,3 +45,30 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode())
+
+
+def ensure_writable_dir(path: str | os.PathLike, file_name: str = "") -> Path:
+    """Create the folder ``path`` (and its parents) if missing and check that a file can be written in it (by
+    writing and removing a temporary file named as :func:`atomic_output` names them, for ``file_name`` when
+    given: a name too long for the file system is caught here too).
+
+    Raises:
+        RunDirError: naming the path and the operating system's reason: it is a file, it lies under a file, a
+            name is too long, the file system is read-only, or permission is denied.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=f".{file_name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if isinstance(e, FileExistsError) or e.errno == errno.EEXIST:
+            reason = f"{path} is a file, not a folder"
+        elif e.errno == errno.ENOTDIR:
+            reason = "a part of the path is a file, not a folder (ENOTDIR)"
+        else:
+            reason = f"{e.strerror or e}" + (f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else "")
+        where = f"{path / file_name}" if file_name else f"the folder {path}"
+        raise RunDirError(f"cannot write {where}: {reason}; choose another path") from None
+    return path

@@ -18,7 +18,8 @@ import torch
 from .. import checks
 from ..data.config import DataInfo, prepare_data
 from ..data.dataset import ArrayDataset, ImageDataset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RunDirError
+from ..files import ensure_writable_dir
 from ..evaluation.metrics import evaluate
 from ..training.checkpoint import (CONFIG, check_same_data, load_run, read_data_info, read_run_config,
                                   write_metrics)
@@ -140,8 +141,9 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: 
     context = init_distributed(resolve_device(device))
     model, config, _ = load_run(run_dir, context.device, which)
     seed = config.trainer.seed
-    train, _, test, info = run_data(run_dir, config, data, data_dir, validation_size=0, train_size=probe_train_size,
+    train, _, test, info = run_data(run_dir, config, data, data_dir, validation_size=0, train_size=None,
                                     test_size=test_size)
+    train = train.subset(slice(0, probe_train_size))  # at most probe_train_size: fewer in a smaller data set
     pyro.set_rng_seed(context.seed(seed))
     probe_train = None
     if probe and context.is_main and train.labels is not None:  # binarized once with the run's seed
@@ -193,10 +195,18 @@ def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str 
     test images.
 
     Raises:
-        ConfigError: ``n < 1``; ``digit`` or ``manifold`` for a family without labels; ``digit`` outside the
-            run's labels; ``manifold`` without ``digit`` or with z_dim != 2.
+        ConfigError: ``n < 1``; a ``seed`` outside [0, 2**32 - 1]; ``digit`` or ``manifold`` for a family without
+            labels; ``digit`` outside the run's labels; ``manifold`` without ``digit`` or with z_dim != 2.
+        RunDirError: an ``out`` that cannot be written (a folder, under a file, a name too long, a read-only
+            file system).
     """
     checks.positive_int(n, "n")
+    checks.seed(seed)
+    if out is not None:
+        ensure_writable_dir(Path(out).parent, Path(out).name)
+        if Path(out).is_dir():
+            raise RunDirError(f"--out {out} is a folder; sample writes one file: give its path, e.g. "
+                              f"{Path(out) / 'samples.png'}")
     model, config, _ = load_run(run_dir, resolve_device(device))
     test = None
     if model.kind in SAMPLERS_NEED_DATA:
