@@ -47,10 +47,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def ensure_writable_dir(path: str | os.PathLike, file_name: str = "") -> Path:
-    """Create the folder ``path`` (and its parents) if missing and check that a file can be written in it (by
-    writing and removing a temporary file named as :func:`atomic_output` names them, for ``file_name`` when
-    given: a name too long for the file system is caught here too).
+def ensure_writable_dir(path: str | os.PathLike, file_name: str = "", create: bool = True) -> Path:
+    """Check that files can be written in the folder ``path``: create it (and its parents) if missing, then write
+    and remove a temporary file in it, named as :func:`atomic_output` names them (for ``file_name`` when given, so
+    that a name too long for the file system is caught here too).
+
+    With ``create=False`` nothing is created: the nearest folder that exists is checked instead, and the names
+    of the folders still to be made are checked against its file system's longest name (a command that may yet
+    fail on its data leaves no empty folder behind).
 
     Raises:
         RunDirError: naming the path and the operating system's reason: it is a file, it lies under a file, a
@@ -58,12 +62,22 @@ def ensure_writable_dir(path: str | os.PathLike, file_name: str = "") -> Path:
     """
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=f".{file_name}.", suffix=".tmp")
+        folder = path
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            while not folder.exists():  # Path.exists raises ENAMETOOLONG for a too long name it reaches
+                folder = folder.parent
+            if not folder.is_dir():
+                raise OSError(errno.EEXIST if folder == path else errno.ENOTDIR, "", str(folder))
+            longest = os.pathconf(folder, "PC_NAME_MAX")
+            if any(len(os.fsencode(part)) > longest for part in path.relative_to(folder).parts):
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{file_name}.", suffix=".tmp")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        if isinstance(e, FileExistsError) or e.errno == errno.EEXIST:
+        if e.errno == errno.EEXIST:
             reason = f"{path} is a file, not a folder"
         elif e.errno == errno.ENOTDIR:
             reason = "a part of the path is a file, not a folder (ENOTDIR)"

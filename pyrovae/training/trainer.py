@@ -166,7 +166,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     """
     run_dir = Path(run_dir)
     ctx = init_distributed(resolve_device(config.trainer.device), distributed)
-    ctx.on_main(lambda: ensure_writable_dir(run_dir))  # a path that cannot be written: one RunDirError, at once
+    ctx.on_main(lambda: ensure_writable_dir(run_dir, create=False))  # an unwritable path: one RunDirError, at once
     state = ctx.on_main(lambda: read_run_dir(run_dir, resume))  # rank 0 reads; every rank gets it
     if state is not None:
         config = resumed_config(state, config)
