@@ -7,15 +7,20 @@ checkpoint, config and metrics. A temporary file that an interrupted write left 
 :data:`TEMPORARY`; :func:`remove_stale_temporaries` removes them (a command does so in a run folder it
 holds the lock of). Files get the mode the umask asks for (``0o666 & ~umask``, as ``open`` gives), not
 the ``0o600`` of a temporary file, so a shared folder stays readable by those it is shared with.
+:func:`ensure_writable_dir` checks an output folder once, where a command starts writing, so that a path
+that cannot be written is one clear error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
 from pathlib import Path
+
+from .errors import RunDirError
 
 #: The names of the temporary files :func:`atomic_output` creates: ``.NAME.`` + mkstemp's 8 characters
 #: + ``.tmp``.
@@ -87,3 +92,44 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
             except FileNotFoundError:
                 pass
     return sorted(removed)
+
+
+def ensure_writable_dir(path: str | os.PathLike, file_name: str = "", create: bool = True) -> Path:
+    """Check that files can be written in the folder ``path``: create it (and its parents) if missing, then write
+    and remove a temporary file in it, named as :func:`atomic_output` names them (for ``file_name`` when given, so
+    that a name too long for the file system is caught here too).
+
+    With ``create=False`` nothing is created: the nearest folder that exists is checked instead, and the names
+    of the folders still to be made are checked against its file system's longest name (a command that may yet
+    fail on its data leaves no empty folder behind).
+
+    Raises:
+        RunDirError: naming the path and the operating system's reason: it is a file, it lies under a file, a
+            name is too long, the file system is read-only, or permission is denied.
+    """
+    path = Path(path)
+    try:
+        folder = path
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            while not folder.exists():  # Path.exists raises ENAMETOOLONG for a too long name it reaches
+                folder = folder.parent
+            if not folder.is_dir():
+                raise OSError(errno.EEXIST if folder == path else errno.ENOTDIR, "", str(folder))
+            longest = os.pathconf(folder, "PC_NAME_MAX")
+            if any(len(os.fsencode(part)) > longest for part in path.relative_to(folder).parts):
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{file_name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        if e.errno == errno.EEXIST:
+            reason = f"{path} is a file, not a folder"
+        elif e.errno == errno.ENOTDIR:
+            reason = "a part of the path is a file, not a folder (ENOTDIR)"
+        else:
+            reason = f"{e.strerror or e}" + (f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else "")
+        where = f"{path / file_name}" if file_name else f"the folder {path}"
+        raise RunDirError(f"cannot write {where}: {reason}; choose another path") from None
+    return path

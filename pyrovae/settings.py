@@ -3,6 +3,10 @@ folder's ``config.json`` alone rebuilds its model (the pattern of pythae's confi
 
 Every field carries a ``description``; :mod:`pyrovae.app.cli` derives each command's flags from these
 fields (a test keeps the two in step), so a field's description is its ``--help`` text.
+
+Every float field of every config refuses NaN and infinities (``allow_inf_nan=False`` on the base, so a
+field added later is covered too): ``--lr inf`` or ``beta=float("nan")`` is a :class:`~pyrovae.errors.ConfigError`
+naming the field.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Annotated
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
+from .checks import MAX_SEED
 from .errors import ConfigError
 from .files import atomic_write_text
 
@@ -27,11 +32,27 @@ def _check_device(v: str) -> str:
 #: A device name: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
 Device = Annotated[str, pydantic.AfterValidator(_check_device)]
 
+#: A random seed: a whole number in [0, 2**32 - 1].
+Seed = Annotated[int, pydantic.Field(ge=0, le=MAX_SEED)]
+
 
 class Settings(BaseModel):
-    """A frozen config that forbids unknown fields and round-trips through JSON."""
+    """A frozen config that forbids unknown fields, NaN and infinite floats, and round-trips through JSON."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def __init__(self, /, **values):
+        """Validate ``values``: a bad one is a :class:`~pyrovae.errors.ConfigError` naming each bad field, the
+        value it got and what it accepts (not pydantic's ``ValidationError``), so that catching
+        :class:`~pyrovae.errors.PyroVAEError` catches it."""
+        try:
+            super().__init__(**values)
+        except pydantic.ValidationError as e:
+            raise ConfigError("invalid configuration: " + describe(e)) from None
+
+    # pydantic then validates a nested config (a dict in a RunConfig) as before, without this __init__, so
+    # that its errors keep their full location (trainer.lr).
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict:
         """The JSON-ready dict (``model_dump(mode="json")``)."""
@@ -55,13 +76,19 @@ class Settings(BaseModel):
         """Read a config written by :meth:`save`.
 
         Raises:
-            ConfigError: the file is missing, not JSON, or holds invalid settings.
+            ConfigError: the file is missing, not JSON (e.g. truncated), or holds invalid settings; the message
+                names the file.
         """
         try:
             d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read the config ({e})") from e
-        return cls.from_dict(d)
+        except (OSError, ValueError) as e:  # ValueError: JSONDecodeError (truncated), UnicodeDecodeError
+            raise ConfigError(f"{path}: cannot read the config ({e}); restore it from a copy") from e
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a config is a JSON object of settings, got a JSON {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
 
 def make_config(cls: type[BaseModel], **values) -> BaseModel:
@@ -77,7 +104,7 @@ def describe(error: pydantic.ValidationError, prefix: str = "") -> str:
     """pydantic's errors as one line: ``field=value: what it accepts; ...`` (each field after ``prefix``)."""
     lines = []
     for err in error.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")  # hidden[0]
         field = prefix + loc if loc else prefix.rstrip(".")
         got = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")

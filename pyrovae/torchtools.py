@@ -1,5 +1,6 @@
 """Small torch helpers that every layer uses: eval mode for a while, frozen parameters, a module's
-device, and the inverse softplus that learned scales start from."""
+device, the inverse softplus that learned scales start from, and the size of networks before they are
+built."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 
 import torch
 from torch import nn
+
+from .errors import PyroVAEError
 
 
 @contextlib.contextmanager
@@ -41,6 +44,30 @@ def device_of(module: nn.Module) -> torch.device:
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+def parameter_count(build) -> int | None:
+    """The number of parameters of the module(s) that ``build()`` returns (one module or a tuple of them),
+    built on the meta device: shapes only, no memory and no initialisation (distributions' argument checks are
+    off meanwhile, as they read values), so a model far too large for memory is measured before it is
+    allocated (:func:`pyrovae.checks.trainable_in_memory`).
+
+    Returns None when ``build`` cannot run on the meta device (code that reads tensor values, e.g. Pyro's
+    autoregressive networks); the errors pyrovae raises on purpose (a bad setting) propagate.
+    """
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        with torch.device("meta"):
+            built = build()
+    except PyroVAEError:
+        raise
+    except Exception:  # not meta-safe: the caller's real build, with its own checks, goes on
+        return None
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+    modules = built if isinstance(built, (tuple, list)) else (built,)
+    return sum(p.numel() for m in modules if isinstance(m, nn.Module) for p in m.parameters())
 
 
 def inverse_softplus(y: float | torch.Tensor) -> float | torch.Tensor:

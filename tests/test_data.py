@@ -139,17 +139,19 @@ def test_md5_of_shared_readme_table_matches_the_code():
 
 
 def _fake_mirror(tmp_path, monkeypatch):
-    """A file:// mirror serving small valid IDX .gz files, with the checksums patched to theirs."""
+    """A file:// mirror serving small valid IDX .gz files, with the checksums (of the .gz files and of their
+    decompressed content) patched to theirs."""
     import pyrovae.data.mnist as data
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     patched = {}
     rng = np.random.default_rng(0)
-    for name, (md5, _, magic, shape) in MNIST_FILES.items():
+    for name, (_, _, magic, shape) in MNIST_FILES.items():
         small = (7,) + shape[1:]
         array = rng.integers(0, 10 if magic == 2049 else 256, small, dtype=np.uint8)
         gz = write_idx(mirror / name, array, magic, compress=True)
-        patched[name] = (md5, hashlib.md5(gz.read_bytes()).hexdigest(), magic, small)
+        raw_md5 = hashlib.md5(gzip.decompress(gz.read_bytes())).hexdigest()
+        patched[name] = (raw_md5, hashlib.md5(gz.read_bytes()).hexdigest(), magic, small)
     monkeypatch.setattr(data, "MNIST_FILES", patched)
     return mirror.as_uri() + "/"
 

@@ -22,6 +22,7 @@ from .. import checks
 from ..data.config import DataInfo, prepare_data
 from ..data.dataset import ArrayDataset, ImageDataset
 from ..errors import ConfigError, DataError, RunDirError
+from ..files import ensure_writable_dir
 from ..evaluation.metrics import evaluate
 from ..training.checkpoint import (CHECKPOINT, CONFIG, OWN_FILES, check_run_dir, check_same_data, load_run,
                                   own_file, read_data_info, read_run_config, run_dir_lock, write_metrics)
@@ -99,6 +100,7 @@ def train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool = Fals
     Raises:
         RunDirError: see :func:`pyrovae.fit`; the lock (rank 0's) is held from the start to the last file."""
     context = init_distributed(resolve_device(config.trainer.device))
+    context.on_main(lambda: ensure_writable_dir(run_dir, create=False))  # an unwritable path: one RunDirError
     context.on_main(lambda: check_run_dir(run_dir, resume))  # a refused folder is not even locked
     with contextlib.ExitStack() as lock:
         context.on_main(lambda: lock.enter_context(run_dir_lock(run_dir, "train", create=True)) and None)
@@ -162,8 +164,9 @@ def _evaluate_run(run_dir, num_samples, data_dir, context, max_chunk, progress, 
                   probe_train_size, latent_statistics, test_size, which, data) -> dict:
     model, config, _ = load_run(run_dir, context.device, which)
     seed = config.trainer.seed
-    train, _, test, info = run_data(run_dir, config, data, data_dir, validation_size=0, train_size=probe_train_size,
+    train, _, test, info = run_data(run_dir, config, data, data_dir, validation_size=0, train_size=None,
                                     test_size=test_size)
+    train = train.subset(slice(0, probe_train_size))  # at most probe_train_size: fewer in a smaller data set
     pyro.set_rng_seed(context.seed(seed))
     probe_train = None
     if probe and context.is_main and train.labels is not None:  # binarized once with the run's seed
@@ -225,12 +228,20 @@ def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str 
     folder, it holds the folder's lock.
 
     Raises:
-        ConfigError: ``n < 1``; ``digit`` or ``manifold`` for a family without labels; ``digit`` outside the
-            run's labels; ``manifold`` without ``digit`` or with z_dim != 2; ``out`` of another kind.
-        RunDirError: ``out`` would replace a run folder's own file or a file that is not an image; another
-            process holds the lock of the run folder written to.
+        ConfigError: ``n < 1``; a ``seed`` outside [0, 2**32 - 1]; ``digit`` or ``manifold`` for a family without
+            labels; ``digit`` outside the run's labels; ``manifold`` without ``digit`` or with z_dim != 2; ``out``
+            of another kind.
+        RunDirError: ``out`` would replace a run folder's own file or a file that is not an image; it cannot be
+            written (a folder, under a file, a name too long, a read-only file system); another process holds
+            the lock of the run folder written to.
     """
     checks.positive_int(n, "n")
+    checks.seed(seed)
+    if out is not None:
+        ensure_writable_dir(Path(out).parent, Path(out).name)
+        if Path(out).is_dir():
+            raise RunDirError(f"--out {out} is a folder; sample writes one file: give its path, e.g. "
+                              f"{Path(out) / 'samples.png'}")
     model, config, _ = load_run(run_dir, resolve_device(device))
     if out is not None:
         out = str(check_sample_path(out, run_dir, sample_suffix(model)))

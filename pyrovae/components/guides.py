@@ -24,6 +24,7 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.nn import functional as F
 
+from .. import checks
 from ..errors import ConfigError
 
 
@@ -191,6 +192,9 @@ class IAF(nn.Module):
         if any(n < self.z_dim for n in self.hidden):
             raise ConfigError(f"hidden sizes {self.hidden} must each be at least z_dim = {self.z_dim}")
         self.num_flows, self.stable, self.min_scale = int(num_flows), bool(stable), float(min_scale)
+        checks.trainable_in_memory(  # Pyro's autoregressive networks cannot be sized on the meta device
+            self.num_flows * checks.dense_parameters([self.z_dim + self.context_dim, *self.hidden, 2 * self.z_dim]),
+            f"guide iaf: z_dim={self.z_dim}, hidden={self.hidden}", hint="choose a smaller z_dim or hidden")
         order = torch.arange(self.z_dim)
         self.nets = nn.ModuleList(
             ConditionalAutoRegressiveNN(self.z_dim, self.context_dim, list(self.hidden),

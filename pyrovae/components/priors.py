@@ -52,6 +52,7 @@ from torch import nn
 from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
+from .. import checks
 from ..errors import ConfigError
 from ..torchtools import eval_mode, inverse_softplus
 
@@ -434,6 +435,9 @@ class FlowPrior(nn.Module):
             raise ConfigError(f"hidden sizes {self.hidden} must each be at least z_dim = {self.z_dim}")
         param_dims = ([self.count_bins, self.count_bins, self.count_bins - 1, self.count_bins]
                       if kind == "spline" else [1, 1])
+        checks.trainable_in_memory(  # Pyro's autoregressive networks cannot be sized on the meta device
+            self.num_flows * checks.dense_parameters([self.z_dim, *self.hidden, self.z_dim * sum(param_dims)]),
+            f"prior flow: z_dim={self.z_dim}, hidden={self.hidden}", hint="choose a smaller z_dim or hidden")
         order = torch.arange(self.z_dim)
         self.nets = nn.ModuleList(
             AutoRegressiveNN(self.z_dim, list(self.hidden), param_dims=param_dims,

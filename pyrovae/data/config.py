@@ -20,7 +20,7 @@ import pydantic
 from pydantic import Field, PositiveInt
 
 from ..errors import ConfigError, DataError
-from ..settings import Settings
+from ..settings import Seed, Settings
 from .dataset import RANDOM_TRANSFORMS, ArrayDataset, binarize, dequantize
 from .mnist import TEST_BINARIZATION_SEED, load_mnist
 from .sources import NAMED_SETS, Source, read_source
@@ -54,7 +54,7 @@ class DataConfig(Settings):
         "auto", description="other data: fitted on the training split; auto: standardize real values, keep integers")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="rows held out for testing when the source has no test "
                                                               "split of its own")
-    split_seed: int = Field(0, description="seed of the held-out test rows")
+    split_seed: Seed = Field(0, description="seed of the held-out test rows")
     validation_size: int = Field(0, ge=0, description="training data points held out for validation (0: none)")
     train_size: Optional[PositiveInt] = Field(None, description="train on the first N training data points only")
     test_size: Optional[PositiveInt] = Field(None, description="test on the first N test data points only")
@@ -121,11 +121,20 @@ def _mnist(config: DataConfig, seed: int):
     train, validation, test = load_mnist(config.data_dir, config.binarization, config.validation_size, seed=seed,
                                          train_size=config.train_size)
     if config.test_size is not None:
+        _check_size("test_size", config.test_size, len(test), "MNIST test images")
         test = test.subset(slice(0, config.test_size))
     info = DataInfo("mnist", {"kind": "mnist", "root": str(config.data_dir or "$PYROVAE_DATA")}, train.x_shape,
                     {"train": len(train), "validation": len(validation) if validation else 0, "test": len(test)},
                     None, config.binarization, None, label_names=[str(d) for d in range(10)], num_classes=10)
     return train, validation, test, info
+
+
+def _check_size(name: str, size: int, available: int, what: str) -> None:
+    """Refuse ``train_size``/``test_size`` larger than the split it takes the first rows of (rather than
+    quietly using fewer)."""
+    if size > available:
+        raise ConfigError(f"{name}={size} is more than the {available} {what}; choose at most {available}, or leave "
+                          "it out to use them all")
 
 
 def _rows_hash(rows: np.ndarray) -> str:
@@ -179,8 +188,8 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
 
     Raises:
         DataError: unreadable or malformed data, missing values, too few rows for the split.
-        ConfigError: options the source does not take; ``binarization`` set for data that is not grey-level
-            images.
+        ConfigError: options the source does not take; ``train_size`` or ``test_size`` larger than its split;
+            ``binarization`` set for data that is not grey-level images.
     """
     if data is None and config.source == "mnist":
         defaults = DataConfig()
@@ -209,6 +218,9 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
         rest = rest[np.random.default_rng(seed).permutation(len(rest))]
     val_rows, train_rows = np.sort(rest[:config.validation_size]), np.sort(rest[config.validation_size:])
     if config.train_size is not None:
+        _check_size("train_size", config.train_size, len(train_rows),
+                    f"training rows of {config.source} (after the test and validation_size={config.validation_size} "
+                    "rows)")
         train_rows = train_rows[:config.train_size]
 
     def take(rows):
@@ -220,6 +232,7 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
     else:
         test_x, test_y = src.test[0], (None if src.test[1] is None else torch.from_numpy(src.test[1]))
     if config.test_size is not None:
+        _check_size("test_size", config.test_size, len(test_x), f"test rows of {config.source}")
         test_x, test_y = test_x[:config.test_size], (None if test_y is None else test_y[:config.test_size])
     names = dict(feature_names=src.feature_names, label_names=src.label_names)
 

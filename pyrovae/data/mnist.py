@@ -1,7 +1,8 @@
 """MNIST as tensors in memory: reading the original IDX files, binarization, batches.
 
 The four IDX files (LeCun, Cortes & Burges) are read with numpy, their magic numbers, shapes and md5
-sums checked. The data root is resolved as ``data_dir`` argument > ``$PYROVAE_DATA`` > a per-user cache
+sums checked (the md5 of the decompressed content for ``.gz`` files, so a ``.gz`` holding other data of the
+same shape is refused too). The data root is resolved as ``data_dir`` argument > ``$PYROVAE_DATA`` > a per-user cache
 folder, and the files are looked up in ``<root>/MNIST/raw/`` (torchvision's layout) or ``<root>/``.
 """
 
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -72,27 +74,32 @@ def _find(root: Path, name: str) -> Path | None:
 
 
 def read_idx(path: str | os.PathLike, expected_magic: int | None = None,
-             expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+             expected_shape: tuple[int, ...] | None = None, expected_md5: str | None = None) -> np.ndarray:
     """Read one IDX file (raw or ``.gz``) into a uint8 array.
 
     Args:
         path: the file.
         expected_magic: 2051 for images, 2049 for labels; checked when given.
         expected_shape: checked when given, e.g. ``(10000, 28, 28)``.
+        expected_md5: the md5 sum of the (decompressed) content; checked when given.
 
     Returns:
         ``np.ndarray`` of dtype uint8 and the shape the header gives.
 
     Raises:
-        DataError: wrong magic number, truncated file, or a shape other than ``expected_shape``.
+        DataError: a corrupt or truncated ``.gz`` file, wrong magic number, truncated file, a shape other than
+            ``expected_shape`` or an md5 sum other than ``expected_md5``; the message names the file.
     """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    gz = path.suffix == ".gz"
+    opener = gzip.open if gz else open
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:  # gzip raises these for a truncated or non-gzip file
-        raise DataError(f"{path}: cannot read ({e}); delete it and fetch the file again") from e
+    except (OSError, EOFError, zlib.error) as e:  # gzip: not gzip (OSError), truncated (EOF), corrupt (zlib)
+        what = " (a corrupt or truncated .gz file)" if gz else ""
+        kind = "zlib.error" if isinstance(e, zlib.error) else type(e).__name__
+        raise DataError(f"{path}: cannot read{what}: {kind}: {e}; delete it and fetch the file again") from e
     if len(data) < 8:
         raise DataError(f"{path}: truncated IDX file ({len(data)} bytes); delete it and fetch it again")
     magic = int.from_bytes(data[:4], "big")
@@ -108,6 +115,12 @@ def read_idx(path: str | os.PathLike, expected_magic: int | None = None,
     if len(data) - header != size:
         raise DataError(f"{path}: truncated or padded IDX file: {len(data) - header} bytes of data, "
                         f"the header promises {size}; delete it and fetch it again")
+    if expected_md5 is not None:
+        got = hashlib.md5(data).hexdigest()
+        if got != expected_md5:
+            content = "decompressed content" if gz else "content"
+            raise DataError(f"{path}: md5 of its {content} is {got}, expected {expected_md5}: the file is corrupt or "
+                            "not the one its name says; delete it and fetch it again")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -160,8 +173,7 @@ def load_mnist_arrays(data_dir: str | os.PathLike | None = None, download: bool 
     Args:
         data_dir: the data root; see :func:`resolve_data_root`.
         download: download missing files (with checksum verification) instead of raising.
-        check_md5: verify each uncompressed file's md5 sum (raw files only; ``.gz`` files are checked
-            through their decompressed size and header).
+        check_md5: verify each file's md5 sum: of the file, or of its decompressed content for a ``.gz``.
 
     Returns:
         dict with ``train_images`` (60000, 28, 28) uint8, ``train_labels`` (60000,) uint8,
@@ -180,13 +192,7 @@ def load_mnist_arrays(data_dir: str | os.PathLike | None = None, download: bool 
         paths = {name: _find(root, name) for name in MNIST_FILES}
     arrays = {}
     for name, (md5, _, magic, shape) in MNIST_FILES.items():
-        path = paths[name]
-        arrays[name] = read_idx(path, magic, shape)
-        if check_md5 and path.suffix != ".gz":
-            got = _md5(path)
-            if got != md5:
-                raise DataError(f"{path}: md5 {got}, expected {md5}: the file is corrupt; delete it and "
-                                "fetch it again")
+        arrays[name] = read_idx(paths[name], magic, shape, md5 if check_md5 else None)
     return {
         "train_images": arrays["train-images-idx3-ubyte"],
         "train_labels": arrays["train-labels-idx1-ubyte"],
@@ -233,7 +239,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarization: str = "d
 
     Raises:
         ConfigError: unknown ``binarization``, a ``validation_size`` outside [0, 60000) or a
-            ``train_size`` below 1.
+            ``train_size`` below 1 or above the training images left after the validation split.
         DataError: see :func:`load_mnist_arrays`.
     """
     if binarization not in BINARIZATIONS:
@@ -247,6 +253,10 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarization: str = "d
     if train_size is not None:
         if train_size < 1:
             raise ConfigError(f"train_size={train_size} must be at least 1")
+        if train_size > len(train_idx):
+            raise ConfigError(f"train_size={train_size} is more than the {len(train_idx)} MNIST training images "
+                              f"({n} less validation_size={validation_size}); choose at most {len(train_idx)}, or "
+                              "leave it out to train on all")
         train_idx = train_idx[:train_size]
     train = _prepare(arrays["train_images"][train_idx], arrays["train_labels"][train_idx], binarization, seed)
     held_out = {"none": "none", "dequantize": "dequantized_once"}.get(binarization, "static")

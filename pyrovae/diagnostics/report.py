@@ -53,7 +53,7 @@ from ..errors import ConfigError, UnsupportedError
 from ..evaluation.latents import posterior_means
 from ..evaluation.likelihood import summarize
 from ..evaluation.metrics import program_arguments
-from ..files import atomic_write_text
+from ..files import atomic_write_text, ensure_writable_dir
 from ..models.base import Family
 from .arviz_io import save_netcdf, to_inference_data
 from .collapse import ACTIVE_UNIT_THRESHOLD, latent_traversal, posterior_collapse
@@ -187,7 +187,9 @@ def diagnose(model: Family, data, run_dir: str | os.PathLike, num_images: int = 
 
     Raises:
         DataError: data the model cannot take. ConfigError: a count out of range (``num_samples < 25``,
-            ``num_chains < 2`` with NUTS, ``mcmc_images > num_images``); image ids out of range.
+            ``num_chains < 2`` with NUTS, ``mcmc_images > num_images``); image ids out of range; a ``seed``
+            outside [0, 2**32 - 1]. RunDirError: ``run_dir`` cannot be written (see
+            :func:`pyrovae.files.ensure_writable_dir`).
     """
     t_start = time.perf_counter()
     all_args = program_arguments(model, data)
@@ -213,10 +215,10 @@ def diagnose(model: Family, data, run_dir: str | os.PathLike, num_images: int = 
     if gap_steps:
         checks.positive_number(gap_lr, "gap_lr"), checks.positive_int(gap_particles, "gap_particles")
         checks.positive_int(log_likelihood_samples, "log_likelihood_samples")
+    seed = checks.seed(seed)
     pair_dims = checks.integer(pair_dims, "pair_dims", 2)
     traversal_dims = checks.integer(traversal_dims, "traversal_dims", 0)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = ensure_writable_dir(run_dir)  # RunDirError naming the path and the reason it cannot be written
     index = torch.tensor(image_ids)
     args = tuple(a[index.to(a.device)] for a in all_args)
     site = model.latent_site

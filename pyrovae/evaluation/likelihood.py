@@ -152,11 +152,13 @@ def log_likelihood(model, guide, *args, num_samples: int = 5000, max_chunk: int 
 
     Raises:
         ConfigError: ``num_samples``, ``max_chunk`` or ``max_memory_gb`` not positive; a cap too small for
-            one pair. DataError: arguments of different lengths, or fewer data points than processes.
+            one pair. DataError: no data points, arguments of different lengths, float arguments of another
+            dtype than the model's parameters (float64 for a float32 model: convert with ``x.float()``), or
+            fewer data points than processes.
         ArgumentTypeError: an argument that is not a tensor.
     """
     t0 = time.perf_counter()
-    n = check_arguments(args)
+    n = check_arguments(args, model)
     guide = proposal if proposal is not None else guide
     if context is not None and context.enabled:
         if n < context.world_size:

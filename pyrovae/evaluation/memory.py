@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from .. import checks
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..inference.traces import importance_weights
 from ..torchtools import rng_kept
 
@@ -238,7 +238,7 @@ def plan(log_weight_pass: LogWeightPass, tensors: tuple, num_samples: int, max_m
     num_samples = checks.positive_int(num_samples, "num_samples")
     n = int(tensors[0].shape[0])
     if n < 1:
-        raise ConfigError(f"the data hold no data points (shape {tuple(tensors[0].shape)}); pass at least one")
+        raise DataError(f"the data hold no data points (shape {tuple(tensors[0].shape)}); pass at least one")
     if max_chunk is not None:
         max_chunk = checks.positive_int(max_chunk, "max_chunk")
         samples = min(num_samples, max_chunk)

@@ -9,6 +9,7 @@ import contextlib
 import torch
 
 from ..errors import ArgumentTypeError, DataError
+from ..models.vae import check_dtype
 from ..torchtools import device_of, eval_mode
 
 
@@ -39,12 +40,15 @@ def program_device(program, device: torch.device | str | None = None) -> torch.d
     return device_of(module) if module is not None else torch.device("cpu")
 
 
-def check_arguments(args: tuple) -> int:
-    """The number of data points of the programs' per-data-point arguments ``args``.
+def check_arguments(args: tuple, program=None) -> int:
+    """The number of data points of the programs' per-data-point arguments ``args`` (at least one); with
+    ``program``, floating-point arguments must have the dtype of its module's parameters (float64 data for a
+    float32 model is refused with the conversion to use, not converted).
 
     Raises:
         ArgumentTypeError: an argument is not a tensor.
-        DataError: no arguments, or first dimensions that differ.
+        DataError: no arguments, no data points, first dimensions that differ, or another float dtype than the
+            program's.
     """
     if not args:
         raise DataError("pass the programs' arguments, e.g. log_likelihood(vae.model, vae.guide, x)")
@@ -56,7 +60,14 @@ def check_arguments(args: tuple) -> int:
     if len(sizes) != 1 or -1 in sizes:
         raise DataError(f"the programs' arguments must have the same first dimension (one row per data point), got "
                         f"shapes {[tuple(a.shape) for a in args]}")
-    return sizes.pop()
+    n = sizes.pop()
+    if n == 0:
+        raise DataError(f"the data hold no data points (shapes {[tuple(a.shape) for a in args]}); pass at least one")
+    module = program_module(program)
+    if module is not None:
+        for a in args:
+            check_dtype(a, module)
+    return n
 
 
 def chunks(args: tuple, batch_size: int, device: torch.device):

@@ -39,7 +39,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 PARTICLES = "particles"
 PARTICLE_DIM = -2
@@ -54,7 +54,15 @@ def trace_pair(model, guide, *args, num_particles: int = 1, vectorize: bool | No
     ``pyro.plate("particles", num_particles, dim=-2)``, so a site in the data plate has batch shape
     ``(num_particles, batch)``; without it they run once, as they are. Gradients flow through
     reparameterized draws.
+
+    Raises:
+        DataError: a batch of no data points (a tensor argument with first dimension 0): an objective over it
+            is undefined (the check is one shape comparison per call, not a check of the data).
     """
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.dim() and a.shape[0] == 0:
+            raise DataError(f"the batch holds no data points (an argument of shape {tuple(a.shape)}); an ELBO needs "
+                            "at least one")
     if vectorize is None:
         vectorize = num_particles > 1
     if vectorize:

@@ -78,7 +78,7 @@ from ..components.nets import Classifier, LabelConditionedMLP
 from ..components.priors import StandardNormal, check_prior
 from ..data.batches import PairedStream
 from ..errors import ConfigError, DataError
-from ..torchtools import eval_mode
+from ..torchtools import eval_mode, parameter_count
 from .base import Family, LossRecord, Stage, check_labels, data_plate, register_family
 from .vae import PlugInConfig, check_data
 
@@ -249,20 +249,24 @@ class M2(Family):
                  classifier: nn.Module | None = None):
         super().__init__()
         self.config = None
-        self.z_dim, self.x_shape, self.num_classes = int(z_dim), tuple(x_shape), int(num_classes)
-        hidden = tuple(hidden)
-        if not hidden:
-            raise ConfigError("hidden must name at least one hidden-layer size, e.g. (500,)")
+        self.z_dim, self.x_shape = checks.positive_int(z_dim, "z_dim"), checks.sizes(x_shape, "x_shape", 1)
+        self.num_classes = checks.integer(num_classes, "num_classes", 2)
+        hidden = checks.sizes(hidden, "hidden", 1, hint="hidden-layer sizes, e.g. (500,)")
         self.likelihood = likelihood if likelihood is not None else Bernoulli(self.x_shape)
         self.prior = prior if prior is not None else StandardNormal(self.z_dim)
         self.guide_family = guide_family if guide_family is not None else DiagonalNormal(self.z_dim)
         check_prior(self.prior, self.z_dim)
         x_dim = math.prod(self.x_shape)
-        self.classifier = classifier if classifier is not None else Classifier(self.x_shape, hidden, num_classes)
-        self.encoder = LabelConditionedMLP(x_dim, num_classes, hidden,
-                                           self.guide_family.num_features(self.z_dim))
-        self.decoder = LabelConditionedMLP(self.z_dim, num_classes, tuple(reversed(hidden)),
-                                           self.likelihood.num_params * x_dim)
+
+        def networks():
+            return (classifier if classifier is not None else Classifier(self.x_shape, hidden, self.num_classes),
+                    LabelConditionedMLP(x_dim, self.num_classes, hidden, self.guide_family.num_features(self.z_dim)),
+                    LabelConditionedMLP(self.z_dim, self.num_classes, tuple(reversed(hidden)),
+                                        self.likelihood.num_params * x_dim))
+
+        checks.trainable_in_memory(parameter_count(networks), f"z_dim={self.z_dim}, hidden={hidden}",
+                                   hint="choose smaller hidden sizes or a smaller z_dim")
+        self.classifier, self.encoder, self.decoder = networks()
 
     # --- the Pyro programs ----------------------------------------------------------------------------
 
@@ -403,7 +407,7 @@ class M2(Family):
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`~pyrovae.errors.DataError` unless ``x`` is ``(batch, *x_shape)``, floating point,
         finite and in the likelihood's support (``{0, 1}`` for the default Bernoulli)."""
-        check_data(x, self.x_shape, self.likelihood)
+        check_data(x, self.x_shape, self.likelihood, self)
 
     def check_labels(self, y, batch: int | None = None) -> None:
         """:func:`pyrovae.models.check_labels` with this model's number of classes."""

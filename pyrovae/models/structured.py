@@ -59,10 +59,13 @@ from pydantic import Field, PositiveInt
 from torch import nn
 from torch.nn import functional as F
 
+from .. import checks
 from ..components.guides import DiagonalNormal
 from ..components.nets import mlp
 from ..errors import ConfigError, DataError
+from ..torchtools import parameter_count
 from .base import Family, LossRecord, ModelConfig, Stage, data_plate, register_family
+from .vae import check_dtype
 
 #: The value of hidden pixels in x and of visible pixels in y (the tutorial's convention).
 MASK_VALUE = -1.0
@@ -361,15 +364,22 @@ class StructuredCVAE(Family):
                  visible: int | None = None):
         super().__init__()
         self.config = None
-        self.z_dim, self.image_shape = int(z_dim), tuple(image_shape)
+        self.z_dim, self.image_shape = checks.positive_int(z_dim, "z_dim"), checks.sizes(image_shape, "image_shape", 1)
+        hidden = checks.sizes(hidden, "hidden", 1, hint="hidden-layer sizes, e.g. (500, 500)")
         self.x_shape = self.image_shape
         self.visible = None if visible is None else _check_visible(visible)
-        self.baseline = baseline if baseline is not None else BaselineNet(hidden, image_shape)
-        self.prior_net = prior_net if prior_net is not None else ConditionalGaussianNet(z_dim, hidden, image_shape)
-        self.recognition_net = (recognition_net if recognition_net is not None
-                                else ConditionalGaussianNet(z_dim, hidden, image_shape))
-        self.generation_net = (generation_net if generation_net is not None
-                               else GenerationNet(z_dim, hidden, image_shape))
+        z_dim, image_shape = self.z_dim, self.image_shape
+
+        def networks():
+            return (baseline if baseline is not None else BaselineNet(hidden, image_shape),
+                    prior_net if prior_net is not None else ConditionalGaussianNet(z_dim, hidden, image_shape),
+                    recognition_net if recognition_net is not None else ConditionalGaussianNet(z_dim, hidden,
+                                                                                               image_shape),
+                    generation_net if generation_net is not None else GenerationNet(z_dim, hidden, image_shape))
+
+        checks.trainable_in_memory(parameter_count(networks), f"z_dim={z_dim}, hidden={hidden}",
+                                   hint="choose smaller hidden sizes or a smaller z_dim")
+        self.baseline, self.prior_net, self.recognition_net, self.generation_net = networks()
         self.guide_family = DiagonalNormal(self.z_dim)
         if self.visible is not None:  # not saved: it follows from the config
             self.register_buffer("hidden_mask", quadrant_masks(self.visible, image_shape)[1], persistent=False)
@@ -440,8 +450,9 @@ class StructuredCVAE(Family):
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`~pyrovae.errors.DataError` unless ``x`` holds binarized images (see
-        :func:`check_images`)."""
+        :func:`check_images`) of the model's dtype."""
         check_images(x)
+        check_dtype(x, self)
 
     def init_from_data(self, train) -> None:
         """Nothing: the networks start as PyTorch initializes them (as in the tutorial)."""

@@ -24,25 +24,42 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
+from .. import checks
 from ..components.guides import DiagonalNormal
 from ..components.likelihoods import Bernoulli
 from ..components.nets import build_networks
 from ..components.plugins import build_plugin, check_plugin, fitting_likelihoods
 from ..components.priors import StandardNormal, check_prior
 from ..errors import ArgumentTypeError, DataError
+from ..torchtools import parameter_count
 from .base import Family, ModelConfig, data_plate, register_family
 
 
-def check_data(x: torch.Tensor, x_shape: tuple[int, ...], likelihood) -> None:
-    """Raise :class:`~pyrovae.errors.DataError` unless ``x`` is a ``(batch, *x_shape)`` tensor in
-    ``likelihood``'s support (its ``check_support`` checks dtype, finiteness and values); a non-tensor
-    raises :class:`~pyrovae.errors.ArgumentTypeError`. The data check of every model."""
+def check_dtype(x: torch.Tensor, model: nn.Module) -> None:
+    """Raise :class:`~pyrovae.errors.DataError` when floating-point ``x`` has another dtype than ``model``'s
+    parameters (float64 data for a float32 model): pyrovae does not convert data, which would copy it silently,
+    but says how."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+        raise DataError(f"x is {x.dtype}; this model's parameters are {dtype}: convert the data with "
+                        f"{'x.float()' if dtype == torch.float32 else f'x.to({dtype})'}")
+
+
+def check_data(x: torch.Tensor, x_shape: tuple[int, ...], likelihood, model: nn.Module | None = None) -> None:
+    """Raise :class:`~pyrovae.errors.DataError` unless ``x`` is a non-empty ``(batch, *x_shape)`` tensor in
+    ``likelihood``'s support (its ``check_support`` checks dtype, finiteness and values) and, when ``model``
+    is given, of its parameters' floating-point dtype (see :func:`check_dtype`); a non-tensor raises
+    :class:`~pyrovae.errors.ArgumentTypeError`. The data check of every model."""
     shape = ", ".join(map(str, x_shape))
     if not isinstance(x, torch.Tensor):
         raise ArgumentTypeError(f"x must be a torch.Tensor of shape (batch, {shape}), got {type(x).__name__}")
     if x.dim() != 1 + len(x_shape) or tuple(x.shape[1:]) != tuple(x_shape):
         raise DataError(f"x has shape {tuple(x.shape)}; this model takes (batch, {shape}): reshape it, e.g. "
                         f"x.view(-1, {shape})")
+    if x.shape[0] == 0:
+        raise DataError(f"x has shape {tuple(x.shape)}: no data points; pass at least one")
+    if model is not None:
+        check_dtype(x, model)
     try:
         likelihood.check_support(x)
     except DataError as e:
@@ -103,7 +120,14 @@ class VAE(Family):
         encoder, decoder: networks of your own, with the shapes of :mod:`pyrovae.components.nets`.
 
     Raises:
-        ConfigError: the prior's event shape is not ``(z_dim,)``, or an unknown ``network``.
+        ConfigError: ``z_dim``, an ``x_shape`` entry or a ``hidden`` size below 1; the prior's event shape is
+            not ``(z_dim,)``; an unknown ``network``; networks too large to train in the memory available (their
+            size is measured before they are built, see :func:`pyrovae.checks.trainable_in_memory`).
+        ArgumentTypeError: ``z_dim``, ``x_shape`` or ``hidden`` of the wrong type.
+
+    The constructor and the methods users call (``encode``, ``reconstruct``, ``sample``, ...) check their
+    arguments once; ``model`` and ``guide``, run at every training step, do not (check data once with
+    :meth:`check_data`).
 
     Example::
 
@@ -120,12 +144,17 @@ class VAE(Family):
                  encoder: nn.Module | None = None, decoder: nn.Module | None = None):
         super().__init__()
         self.config = None
-        self.z_dim, self.x_shape = int(z_dim), tuple(x_shape)
+        self.z_dim, self.x_shape = checks.positive_int(z_dim, "z_dim"), checks.sizes(x_shape, "x_shape", 1)
+        hidden = checks.sizes(hidden, "hidden")
         self.prior = prior if prior is not None else StandardNormal(self.z_dim)
         self.likelihood = likelihood if likelihood is not None else Bernoulli(self.x_shape)
         self.guide_family = guide_family if guide_family is not None else DiagonalNormal(self.z_dim)
         check_prior(self.prior, self.z_dim)
         if encoder is None or decoder is None:
+            own = sum(p.numel() for part in (self.prior, self.likelihood, self.guide_family) for p in part.parameters())
+            checks.trainable_in_memory(parameter_count(lambda: self._networks(network, hidden)) + own,
+                                       f"z_dim={self.z_dim}, x_shape={self.x_shape}, hidden={hidden}",
+                                       hint="choose smaller hidden sizes or a smaller z_dim")
             built = self._networks(network, hidden)
             encoder = encoder if encoder is not None else built[0]
             decoder = decoder if decoder is not None else built[1]
@@ -169,8 +198,9 @@ class VAE(Family):
     def check_data(self, x: torch.Tensor) -> None:
         """Raise :class:`~pyrovae.errors.DataError` unless ``x`` is ``(batch, *x_shape)``, floating point,
         finite and in the likelihood's support. Called once at public entry points, never per training
-        step."""
-        check_data(x, self.x_shape, self.likelihood)
+        step. Float data must have the parameters' dtype (float32 unless the model was converted): float64 is
+        refused, not converted, so that no copy is made silently."""
+        check_data(x, self.x_shape, self.likelihood, self)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -201,6 +231,11 @@ class VAE(Family):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """``n`` draws z ~ p(z) decoded to the mean of p(x|z): ``(n, *x_shape)``. Seed with
-        ``pyro.set_rng_seed`` for reproducible draws."""
+        ``pyro.set_rng_seed`` for reproducible draws.
+
+        Raises:
+            ConfigError: ``n < 1``. ArgumentTypeError: ``n`` not an integer.
+        """
+        n = checks.positive_int(n, "n", hint="the number of draws")
         z = self.prior().sample((n,))
         return self.decode(z).mean

@@ -24,10 +24,13 @@ import io
 import json
 import logging
 import os
+import pickle
+import pickletools
 import socket
 import sys
 import time
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -85,9 +88,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ``stage_name``, ``epoch`` (done in that stage), ``stopped``, ``model``, ``optimizer``,
         ``scheduler``, ``history``, ``rng``, ``family_state``, ``monitor`` and ``world_size``.
 
+    Only tensors and plain values are unpickled (``torch.load(weights_only=True)``): a checkpoint never runs
+    code, and a file that holds other pickled objects (classes, functions) is refused, never loaded another way.
+
     Raises:
-        CheckpointError: the file is missing, unreadable (truncated or corrupt) or not a pyrovae
-            checkpoint.
+        CheckpointError: the file is missing, unreadable (truncated or corrupt), holds pickled objects other
+            than tensors and plain values, or is not a pyrovae checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -95,13 +101,50 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a truncated or foreign file
-        raise CheckpointError(f"cannot read the checkpoint {path} ({type(e).__name__}: {e}); it is truncated "
-                              "or corrupt. Restore it from a copy or train the run again") from e
+        objects = _pickled_objects(path) if isinstance(e, pickle.UnpicklingError) else None
+        if objects is not None:  # a well-formed file that weights_only refused: never quote torch's advice
+            named = f" ({', '.join(objects[:5])})" if objects else ""
+            raise CheckpointError(
+                f"{path} holds pickled Python objects that pyrovae will not unpickle{named}: "
+                "loading them could run code, and pyrovae never executes code from a checkpoint. pyrovae's own "
+                "checkpoints hold tensors and plain values only; use one that pyrovae wrote, or train the run "
+                "again") from None
+        detail = "" if isinstance(e, pickle.UnpicklingError) else f": {str(e).split('. ')[0]}"
+        raise CheckpointError(f"cannot read the checkpoint {path} ({type(e).__name__}{detail}); it is truncated "
+                              "or corrupt. Restore it from a copy or train the run again") from None
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1):
         raise CheckpointError(f"{path} is not a pyrovae checkpoint (expected format {FORMAT})")
     if state["format"] == FORMAT_V1:
         state = upgrade_v1(state)
     return state
+
+
+#: Modules whose names a checkpoint's pickle may reference (what ``torch.save`` of tensors, containers and plain
+#: values writes); any other is code that ``weights_only`` refuses to import.
+_PLAIN_MODULES = ("torch", "collections", "builtins", "__builtin__", "_codecs")
+
+
+def _pickled_objects(path: Path) -> list[str] | None:
+    """The ``module.name`` globals other than torch's and plain containers' that the pickle of a well-formed
+    torch checkpoint (a zip archive) references, read with :mod:`pickletools` (which parses the opcodes and
+    executes nothing); None when the file is not a well-formed archive with a complete pickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
+            if name is None:
+                return None
+            data = archive.read(name)
+        found, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif opcode.name in ("GLOBAL", "INST"):
+                found.append(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError):  # not an archive, or a broken pickle
+        return None
+    return sorted({g for g in found if g.split(".")[0] not in _PLAIN_MODULES})
 
 
 # --- checkpoints of pyrovae before the one trainer -------------------------------------------------------
@@ -418,15 +461,20 @@ def read_metrics(run_dir: str | os.PathLike) -> dict:
     """``run_dir/metrics.json`` ({} when absent).
 
     Raises:
-        RunDirError: the file exists but is not valid JSON, or is a symbolic link (see :func:`own_file`).
+        RunDirError: the file exists but is not a JSON object (truncated, not UTF-8, another JSON value), or is
+            a symbolic link (see :func:`own_file`); the message names the file.
     """
     path = own_file(run_dir, METRICS)
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError (truncated), UnicodeDecodeError
         raise RunDirError(f"{path} cannot be read ({e}); restore it from a copy or delete it") from e
+    if not isinstance(metrics, dict):
+        raise RunDirError(f"{path} holds a JSON {type(metrics).__name__}, not the JSON object of metrics pyrovae "
+                          "writes; restore it from a copy or delete it")
+    return metrics
 
 
 def write_metrics(run_dir: str | os.PathLike, update: dict) -> dict:
@@ -454,8 +502,8 @@ def read_data_info(run_dir: str | os.PathLike) -> DataInfo | None:
     try:
         d = json.loads(path.read_text())
         return DataInfo(**{**d, "x_shape": tuple(d["x_shape"])})
-    except (OSError, json.JSONDecodeError, TypeError, KeyError) as e:
-        raise RunDirError(f"{path} cannot be read ({e}); restore it from a copy") from e
+    except (OSError, ValueError, TypeError, KeyError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise RunDirError(f"{path} cannot be read ({type(e).__name__}: {e}); restore it from a copy") from e
 
 
 def check_same_data(recorded: DataInfo | None, now: DataInfo) -> None:

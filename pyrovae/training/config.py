@@ -15,10 +15,11 @@ import pydantic
 from pydantic import Field, PositiveFloat, PositiveInt, SerializeAsAny
 
 from ..data.config import DataConfig
+from ..errors import ConfigError
 from ..inference.objectives import ELBOS
 from ..models.base import FAMILIES, ModelConfig, family_for
 from ..models.vae import VAEConfig
-from ..settings import Device, Settings, describe
+from ..settings import Device, Seed, Settings, describe
 
 
 class TrainerConfig(Settings):
@@ -37,7 +38,7 @@ class TrainerConfig(Settings):
 
     epochs: PositiveInt = Field(100, description="epochs (passes over the training data)")
     batch_size: PositiveInt = Field(100, description="mini-batch size (per process under torchrun)")
-    lr: PositiveFloat = Field(1e-3, allow_inf_nan=False, description="Adam learning rate")
+    lr: PositiveFloat = Field(1e-3, description="Adam learning rate")
     lr_schedule: Literal["cosine", "constant"] = Field(
         "cosine", description="constant, or a half cosine from lr to lr * final_lr_ratio over the run")
     final_lr_ratio: float = Field(0.01, gt=0, le=1, description="the cosine schedule's last learning rate over "
@@ -46,16 +47,16 @@ class TrainerConfig(Settings):
                                  description="the objective: TraceMeanField_ELBO (analytic KL where it exists), "
                                              "Trace_ELBO (Monte Carlo KL) or IWAE (K = num_particles)")
     num_particles: PositiveInt = Field(1, description="draws of z per data point (K for IWAE)")
-    free_bits: float = Field(0.0, ge=0, allow_inf_nan=False,
+    free_bits: float = Field(0.0, ge=0,
                              description="floor on each latent dimension's KL, nats per dimension (0: off; not "
                                          "with IWAE)")
-    beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="weight on the KL term (1: the ELBO)")
-    kl_warmup_epochs: float = Field(10.0, ge=0, allow_inf_nan=False,
+    beta: float = Field(1.0, gt=0, description="weight on the KL term (1: the ELBO)")
+    kl_warmup_epochs: float = Field(10.0, ge=0,
                                     description="epochs over which the KL weight rises linearly to beta")
     early_stopping_patience: Optional[PositiveInt] = Field(
         None, description="end a stage after this many epochs without validation improvement (needs a "
                           "validation split; None: never)")
-    seed: int = Field(0, ge=0, description="seed of the weights, the data order, the splits and every draw")
+    seed: Seed = Field(0, description="seed of the weights, the data order, the splits and every draw")
     device: Device = Field("cpu", description="cpu, cuda or cuda:N")
 
     @pydantic.model_validator(mode="after")
@@ -109,7 +110,7 @@ class RunConfig(Settings):
             if "kind" not in model:
                 raise ValueError(f"model needs a 'kind' naming its family ({', '.join(FAMILIES)}), got {model!r}")
             try:
-                model = family_for(model["kind"]).config_class(**model)
+                model = family_for(model["kind"]).config_class.model_validate(model)
             except pydantic.ValidationError as e:
                 raise ValueError(describe(e, prefix="model.")) from None
         elif not isinstance(model, ModelConfig):
@@ -122,7 +123,7 @@ class RunConfig(Settings):
         elif isinstance(trainer, dict):
             try:
                 trainer = _with_defaults(TrainerConfig(**trainer), defaults)
-            except pydantic.ValidationError:  # validated as the field, so that errors name trainer.<field>
+            except (pydantic.ValidationError, ConfigError):  # validated as the field: errors name trainer.<field>
                 trainer = {**defaults, **trainer}
         elif isinstance(trainer, TrainerConfig):
             trainer = _with_defaults(trainer, defaults)

@@ -24,13 +24,15 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from .. import checks
 from ..data.config import prepare_data
 from ..data.dataset import ArrayDataset, ImageDataset
 from ..errors import ConfigError, PyroVAEError
+from ..files import ensure_writable_dir
 from ..inference.handlers import kl_weight
 from ..inference.objectives import kl_method, make_elbo
 from ..models.base import Family, Stage, family_for
-from ..torchtools import rng_kept
+from ..torchtools import parameter_count, rng_kept
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, check_run_dir, check_same_data, read_data_info, read_run_dir,
                          restore_rng_state, rng_state, run_config, run_dir_lock, save_checkpoint, write_data_info,
                          write_metrics)
@@ -225,7 +227,9 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
 
     Raises:
         RunDirError: ``run_dir`` holds a checkpoint, or anything else, and ``resume`` is False; ``resume``
-            is True and it holds none; another process holds its lock; its checkpoint is a symbolic link.
+            is True and it holds none; another process holds its lock; its checkpoint is a symbolic link;
+            ``run_dir`` cannot be written (a file, under a file, a name too long, a read-only file system: see
+            :func:`pyrovae.files.ensure_writable_dir`).
         CheckpointError: the checkpoint to resume from is unreadable.
         DataError: data the model cannot take (shape, NaN, values outside the likelihood's support).
         ConfigError: invalid settings, e.g. an unavailable device or early stopping without validation; on
@@ -234,6 +238,7 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     """
     run_dir = Path(run_dir)
     ctx = init_distributed(resolve_device(config.trainer.device), distributed)
+    ctx.on_main(lambda: ensure_writable_dir(run_dir, create=False))  # an unwritable path: one RunDirError, at once
     ctx.on_main(lambda: check_run_dir(run_dir, resume))  # a refused folder is not even locked
     with contextlib.ExitStack() as lock:  # rank 0 alone writes, and holds the run folder's lock
         ctx.on_main(lambda: lock.enter_context(run_dir_lock(run_dir, "train", create=True)) and None)
@@ -269,6 +274,10 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
               and k not in config.model.model_fields_set and getattr(config.model, k) != v}
     if update:
         config = config.model_copy(update={"model": config.model.replace(**update)})
+    size = {k: v for k, v in config.model.model_dump().items() if k in ("z_dim", "hidden", "x_shape")}
+    checks.trainable_in_memory(parameter_count(lambda: family_for(config.kind).from_config(config.model)),
+                               ", ".join(f"{k}={v}" for k, v in size.items()) or config.kind,
+                               hint="choose smaller hidden sizes or a smaller z_dim")  # before any allocation
     model = family_for(config.kind).from_config(config.model)
     for split in (train, validation, test if model.test_each_epoch else None):
         if split is not None:
