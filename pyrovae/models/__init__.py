@@ -10,5 +10,6 @@ from .structured import StructuredConfig, StructuredCVAE
 from .vae import VAE, PlugInConfig, VAEConfig, check_data
 
 __all__ = ["Autoencoder", "AutoencoderConfig", "CVAE", "CVAEConfig", "FAMILIES", "Family", "LossRecord", "M2",
-           "M2Config", "M2Objective", "ModelConfig", "PlugInConfig", "Stage", "StructuredCVAE", "StructuredConfig", "VAE", "VAEConfig", "check_data",
-           "check_labels", "config_from_dict", "data_plate", "family_for", "register_family"]
+           "M2Config", "M2Objective", "ModelConfig", "PlugInConfig", "Stage", "StructuredCVAE", "StructuredConfig",
+           "VAE", "VAEConfig", "check_data", "check_labels", "config_from_dict", "data_plate", "family_for",
+           "register_family"]
