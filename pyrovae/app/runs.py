@@ -114,6 +114,36 @@ def train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool = Fals
     return write_metrics(run_dir, {"test": {**metrics, **_test_description(info)}})
 
 
+#: What each file of a run folder holds, for the list ``pyrovae train`` prints at the end.
+RUN_FILES = {
+    "checkpoint.pt": "the last epoch: model, optimizer, RNG states (evaluate, sample, diagnose, --resume)",
+    "best.pt": "the epoch of the best validation metric (evaluate --which best)",
+    "config.json": "the settings (pyrovae train --config FILE repeats or varies the run)",
+    "data.json": "the data: source and checksum, split, fitted transform",
+    "metrics.json": "the history per epoch, training facts and warnings, test metrics",
+    "metrics.csv": "the history, one row per epoch (spreadsheets, pandas)",
+    "tensorboard": "TensorBoard event files (tensorboard --logdir RUN_DIR)",
+    "elbo.png": "the ELBO and the training objective per epoch, the KL warm-up shaded",
+    "reconstructions.png": "test inputs above their reconstructions",
+    "samples.png": "draws from the prior, decoded",
+    "samples_by_digit.png": "one row per label, one z per column",
+    "analogies.png": "test images, each one's style with every label",
+    "accuracy.png": "test and validation accuracy per epoch",
+    "completions.png": "inputs, truths, the baseline's prediction and CVAE completions",
+    "latent_scatter.png": "the test set's posterior means, by label",
+    "latent_manifold.png": "images decoded over a grid of the 2-d latent space",
+    "features.png": "per-feature histograms of data, reconstructions and draws",
+    "correlations.png": "correlation matrices of data and draws",
+    "mean_variance.png": "mean against variance per feature, data and draws",
+}
+
+
+def run_files(run_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(name, what it holds)`` for each file and folder in ``run_dir`` (hidden ones left out), sorted."""
+    entries = sorted(p for p in Path(run_dir).iterdir() if not p.name.startswith("."))
+    return [(p.name + ("/" if p.is_dir() else ""), RUN_FILES.get(p.name, "")) for p in entries]
+
+
 def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: str | None = None,
                  device: str = "cpu", max_chunk: int | None = None, progress: bool | None = None, *,
                  max_memory_gb: float = 4.0, probe: bool = True, probe_train_size: int = 10_000,
