@@ -14,12 +14,12 @@ the digit's identity, and a decoder that reads the class from z draws the class 
 leaves the class to y; ``--beta 1`` trains on the ELBO itself (the better log p(x | y)). The defaults run
 in under a minute on 2 CPU cores::
 
-    OMP_NUM_THREADS=1 python examples/conditional_vae.py --data-dir /path/to/mnist-root
+    OMP_NUM_THREADS=1 .venv/bin/python examples/conditional_vae.py --data-dir /path/to/mnist-root
 
 A full run (all 60,000 training images; a few minutes per 10 epochs on CPU), kept for
 ``pyrovae sample RUN --digit 3`` afterwards::
 
-    python examples/conditional_vae.py --train-size 60000 --epochs 50 --hidden 512,512 --out runs/cvae
+    .venv/bin/python examples/conditional_vae.py --train-size 60000 --epochs 50 --hidden 512,512 --out runs/cvae
 
 Options: ``--network conv`` for the convolutional networks, ``--beta 1`` for the plain CVAE, ``--z-dim 2``
 to also draw the latent manifold of one digit with ``pyrovae sample RUN --digit D --manifold``.
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-samples", "-k", type=int, default=100, help="importance samples K for log p(x|y)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="keep the run folder here (default: a temporary folder)")
-    parser.add_argument("--figure", default="cvae_samples_by_digit.png", help="the per-digit grid (PNG)")
+    parser.add_argument("--figure", default="runs/example-cvae/samples_by_digit.png",
+                        help="the per-digit grid (PNG; its folder is created)")
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     labels = torch.arange(10).repeat_interleave(10)
     with torch.no_grad():
         grid = cvae.decode(z.repeat(10, 1), labels).mean
+    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
     path = plots.plot_samples_by_label(grid, 10, Path(args.figure),
                                        title="mean of p(x | z, y): one row per digit, one z per column")
     print(f"wrote {path}; {time.perf_counter() - t0:.0f} s in all")

@@ -1,7 +1,7 @@
 """A model family of your own through pyrovae's trainer, evaluator and diagnostics, unchanged: a VAE with two
 stochastic layers, p(z2) p(z1 | z2) p(x | z1), guide q(z1 | x) q(z2 | z1), as Pyro programs.
 
-    OMP_NUM_THREADS=1 python examples/custom_model.py --data-dir /path/to/mnist-root --out runs/two-layer
+    OMP_NUM_THREADS=1 .venv/bin/python examples/custom_model.py --data-dir /path/to/mnist-root --out runs/two-layer
 """
 import argparse
 from typing import Literal

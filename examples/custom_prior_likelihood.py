@@ -17,7 +17,7 @@ data point), next to the best model without latent structure (independent binomi
 
 Run it (under a minute on one CPU thread)::
 
-    OMP_NUM_THREADS=1 python examples/custom_prior_likelihood.py
+    OMP_NUM_THREADS=1 .venv/bin/python examples/custom_prior_likelihood.py
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from pyro.infer import TraceMeanField_ELBO
 from torch import nn
 from torch.nn.functional import softplus
 
+import pyrovae
 from pyrovae import VAE, log_likelihood
+from pyrovae.components import set_output_bias
 from pyrovae.training import make_optimizer
 
 TRIALS = 20  # the known number of trials n of every count
@@ -84,9 +86,18 @@ class Binomial(nn.Module):
 
     @torch.no_grad()
     def init_bias(self, output_layer: nn.Module, x: torch.Tensor) -> None:
-        """Optional: start the decoder at the per-dimension success rate of the data."""
+        """Optional: start the decoder at the per-dimension success rate of the data. ``set_output_bias``
+        fits any decoder: one bias per output of an MLP, one per channel of a conv network."""
         p = (x.mean(0) / self.total_count).clamp(1e-3, 1 - 1e-3)
-        output_layer.bias.copy_((torch.log(p) - torch.log1p(-p)).reshape(output_layer.bias.shape))
+        set_output_bias(output_layer, self.num_params, 0, torch.log(p) - torch.log1p(-p))
+
+
+# By name, for configs, the command line and run folders (``VAEConfig(likelihood="example_binomial",
+# likelihood_options={"total_count": 20})``): a run folder trained with them reloads in any process that has
+# imported this module (pyrovae.load_run, evaluate_run, diagnose_run); for the command line, expose such a
+# module through the "pyrovae.plugins" entry point group (see the README).
+pyrovae.register_prior("example_student_t", StudentTPrior)
+pyrovae.register_likelihood("example_binomial", Binomial)
 
 
 def make_data(n: int = 2000, x_dim: int = 30, z_dim: int = 2, seed: int = 0) -> torch.Tensor:

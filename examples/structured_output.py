@@ -14,7 +14,7 @@ prior p(z | x) and decodes distinct, sharp completions from it. The script spell
 
 Run it (about a minute on 2 CPU cores; MNIST from $PYROVAE_DATA or --data-dir)::
 
-    OMP_NUM_THREADS=1 python examples/structured_output.py --visible 2
+    OMP_NUM_THREADS=1 .venv/bin/python examples/structured_output.py --visible 2
 """
 
 from __future__ import annotations

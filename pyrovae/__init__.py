@@ -17,6 +17,7 @@ from .errors import (ArgumentTypeError, CheckpointError, ConfigError, DataError,
                      UnsupportedError)
 from .models import (CVAE, M2, VAE, CVAEConfig, Family, LossRecord, M2Config, ModelConfig, Stage, StructuredConfig,
                      StructuredCVAE, VAEConfig, register_family)
+from .components.plugins import register_guide, register_likelihood, register_prior
 from .training import RunConfig, TrainerConfig, fit, load_run
 from .data import DataConfig
 from .evaluation import evaluate, log_likelihood
@@ -25,4 +26,5 @@ __version__ = "0.2.0"
 __all__ = ["ArgumentTypeError", "CVAE", "CVAEConfig", "CheckpointError", "ConfigError", "DataConfig", "DataError",
            "Family", "LossRecord", "M2", "M2Config", "ModelConfig", "PyroVAEError", "RunConfig", "RunDirError", "Stage",
            "StructuredCVAE", "StructuredConfig", "TrainerConfig", "UnsupportedError", "VAE", "VAEConfig",
-           "__version__", "evaluate", "fit", "load_run", "log_likelihood", "register_family"]
+           "__version__", "evaluate", "fit", "load_run", "log_likelihood", "register_family", "register_guide",
+           "register_likelihood", "register_prior"]

@@ -73,17 +73,43 @@ def plot_samples(samples: torch.Tensor, path, title: str = "samples from the pri
 
 
 #: The history's curves that :func:`plot_elbo_curves` draws, with their labels.
-CURVES = (("train_elbo", "train ELBO"), ("train_objective", "train objective (beta-weighted, or the IWAE bound)"),
+CURVES = (("train_elbo", "train ELBO (beta = 1)"),
+          ("train_objective", "train objective (beta-weighted, or the IWAE bound)"),
           ("validation_elbo", "validation ELBO"), ("validation_objective", "validation bound"))
 
 
-def plot_elbo_curves(history: Sequence[dict], path, stage: str | None = None) -> Path:
-    """The training objective, the ELBO (training, and validation where recorded) in nats per data point
-    against epoch, from a run's history rows (those of ``stage`` for a run trained in stages). The
-    objective is drawn apart from the ELBO only where they differ (KL warm-up, beta, IWAE, free bits)."""
+def warmup_extent(rows: Sequence[dict]) -> tuple[float, bool] | None:
+    """``(end, finished)`` of a linear KL warm-up read from history rows' ``beta`` (the KL weight at each
+    epoch's last step): the weight after epoch e is beta * e / W during a warm-up of W epochs, so W is the
+    final weight over the first epoch's. None when the weight never changed (no warm-up)."""
+    betas = [h.get("beta") for h in rows]
+    if len(betas) < 2 or any(b is None for b in betas) or not betas[0] > 0 or betas[-1] <= betas[0]:
+        return None
+    rising = betas[-1] > betas[-2] * (1 + 1e-9)
+    end = min(rows[-1]["epoch"], rows[0]["epoch"] * betas[-1] / betas[0])
+    return end, not rising
+
+
+def plot_elbo_curves(history: Sequence[dict], path, stage: str | None = None,
+                     kl_warmup_epochs: float | None = None) -> Path:
+    """The ELBO (beta = 1; training, and validation where recorded) and the training objective in nats per
+    data point against epoch, from a run's history rows (those of ``stage`` for a run trained in stages). The
+    objective (dashed) is drawn apart from the ELBO only where they differ (KL warm-up, beta, IWAE, free
+    bits). The epochs of the KL warm-up are shaded: ``kl_warmup_epochs`` epochs, or by default as read from
+    the rows' ``beta`` (:func:`warmup_extent`)."""
     rows = [h for h in history if stage is None or h.get("stage") == stage]
     epochs = [h["epoch"] for h in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
+    if kl_warmup_epochs is not None:
+        extent = (min(kl_warmup_epochs, epochs[-1]), kl_warmup_epochs <= epochs[-1]) if kl_warmup_epochs > 0 and \
+            epochs else None
+    else:
+        extent = warmup_extent(rows)
+    if extent is not None:
+        end, finished = extent
+        ax.axvspan(0, end, color="0.85", alpha=0.6, lw=0,
+                   label="KL warm-up (objective discounts the KL)" if finished else
+                   "KL warm-up, not finished at the last epoch")
     drawn = []
     for key, label in CURVES:
         values = [h.get(key) for h in rows]
@@ -96,6 +122,8 @@ def plot_elbo_curves(history: Sequence[dict], path, stage: str | None = None) ->
         drawn.append(key)
     ax.set_xlabel("epoch" if stage is None else f"epoch ({stage})")
     ax.set_ylabel("nats per data point")
+    if extent is not None:
+        ax.set_xlim(left=0)
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -3,6 +3,7 @@ linear-Gaussian check that ties probabilistic PCA's closed form to the VAE machi
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -160,3 +161,20 @@ def test_compare_writes_one_report_over_runs_on_the_same_data_and_refuses_other_
                    tmp_path / "wine", progress=False)
     with pytest.raises(ConfigError, match="different data"):
         compare_runs([tmp_path / "ae", tmp_path / "wine"], tmp_path / "other")
+
+
+def test_the_command_line_trains_an_autoencoder_samples_through_a_mixture_and_compares(tmp_path, capsys):
+    from pyrovae.app.cli import main
+    common = ["--data", "digits", "--likelihood", "binomial", "--z-dim", "2", "--hidden", "16", "--epochs", "1",
+              "--train-size", "200", "--no-progress"]
+    assert main(["autoencoder", *common, "--variant", "sparse", "--out", str(tmp_path / "ae")]) == 0
+    assert main(["train", *common, "--eval-num-samples", "3", "--out", str(tmp_path / "vae")]) == 0
+    metrics = json.loads((tmp_path / "ae" / "metrics.json").read_text())
+    assert "reconstruction_nll" in metrics["test"] and "log_likelihood_nats" not in metrics["test"]
+    assert main(["sample", str(tmp_path / "ae"), "--sampler", "gmm", "-n", "9"]) == 0
+    assert (tmp_path / "ae" / "samples_gmm_n9_seed0.png").exists()
+    assert main(["compare", str(tmp_path / "ae"), str(tmp_path / "vae"), "--out", str(tmp_path / "cmp"),
+                 "--num-samples", "50", "--test-size", "100"]) == 0
+    assert (tmp_path / "cmp" / "report.md").exists()
+    assert main(["autoencoder", *common, "--guide-option", "rank=2", "--out", str(tmp_path / "bad")]) == 2
+    assert "point mass" in capsys.readouterr().err

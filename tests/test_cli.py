@@ -27,8 +27,12 @@ def _another_value(name: str, field, default) -> tuple[str, object]:
     while typing.get_origin(kind) in (typing.Union, typing.Annotated):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if typing.get_origin(kind) is typing.Literal:
-        value = next(c for c in typing.get_args(kind) if c != default)
-        return str(value), value
+        others = [c for c in typing.get_args(kind) if c != default]
+        if not others:  # one choice only (an autoencoder's guide): nothing else to set
+            return None
+        return str(others[0]), others[0]
+    if kind is bool:  # a switch: --flag / --no-flag, no text
+        return None, not default
     if typing.get_origin(kind) is tuple:
         value = (1, 8, 8) if name == "x_shape" else (3, 4)
         return ",".join(map(str, value)), value
@@ -53,7 +57,9 @@ def test_every_config_field_has_its_flag_and_every_config_flag_its_field(command
     assert dests == set(flags), "a config field without a flag, or a flag without a field"
     options = {o for a in sub._actions for o in a.option_strings}
     assert set(flags.values()) <= options
-    others = options - set(flags.values()) - {"-h", "--help", "--out", "--resume", "--no-progress", "--conditional"}
+    others = options - set(flags.values()) - {"-h", "--help", "--out", "--resume", "--no-progress", "--conditional",
+                                               "--config"}
+    others -= {"--no-" + flag[2:] for flag in flags.values()}  # the other half of a switch
     assert {o for o in others if not any(o in COMMANDS[command].aliases.get(k, []) for k in flags)} == set()
     spec = COMMANDS[command]
     assert run_config(command, parser.parse_args([command])) == RunConfig(model=spec.model_configs[0]())
@@ -69,9 +75,13 @@ def test_each_flag_sets_its_own_field(command):
         if name.endswith("_options"):
             continue  # KEY=VALUE options are checked against each plug-in in test_likelihoods/test_priors_guides
         config_class = type(getattr(defaults, group))
-        text, value = _another_value(name, config_class.model_fields[name], getattr(getattr(defaults, group), name))
+        other = _another_value(name, config_class.model_fields[name], getattr(getattr(defaults, group), name))
+        if other is None:
+            continue
+        text, value = other
         extra = ["--conditional"] if name == "num_classes" and command == "train" else []
-        config = run_config(command, parser.parse_args([command, *extra, flag, text]))
+        given = [flag, text] if text is not None else [flag if value else "--no-" + flag[2:]]
+        config = run_config(command, parser.parse_args([command, *extra, *given]))
         assert getattr(getattr(config, group), name) == value, path
 
 

@@ -65,7 +65,8 @@ def compare_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, test
         if not (hasattr(model, "encode") and hasattr(model, "decode")) or model.kind not in ("vae", "autoencoder"):
             raise UnsupportedError(f"{d} holds a {model.kind} run; compare takes VAEs and autoencoders")
         models.append((Path(d).name, model, config))
-    train, _, test, info = run_data(run_dirs[0], models[0][2], validation_size=0, train_size=probe_train_size)
+    train, _, test, info = run_data(run_dirs[0], models[0][2], validation_size=0)
+    train = train.subset(slice(0, min(len(train), probe_train_size)))
     x = test.get(torch.arange(min(test_size, len(test))), torch.Generator().manual_seed(0))
     xt = train.get(torch.arange(len(train)), torch.Generator().manual_seed(seed))
     labels = None if test.labels is None else test.labels[:len(x)].numpy()

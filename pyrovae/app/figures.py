@@ -33,7 +33,7 @@ def draw_curves(history: list[dict], run_dir: Path) -> list[Path]:
     return [plots.plot_elbo_curves(history, run_dir / "elbo.png", stage=history[-1].get("stage"))]
 
 
-def _display_scale(test: ImageDataset) -> float:
+def display_scale(test: ImageDataset) -> float:
     """What divides image values for display in [0, 1] (1 for binary and grey values, 16 for digits' levels)."""
     top = float(test.images[:1000].max()) if len(test) else 1.0
     return top if top > 1 else 1.0
@@ -73,7 +73,7 @@ def draw_vae_figures(vae: VAE, test: ImageDataset, history: list[dict], run_dir:
     pyro.set_rng_seed(seed)
     images = len(vae.x_shape) == 3
     if images:
-        scale = _display_scale(test)
+        scale = display_scale(test)
         x = test.images[:64].to(device)
         written = [plots.plot_reconstructions(x / scale, vae.reconstruct(x) / scale, run_dir / "reconstructions.png"),
                    plots.plot_samples(vae.sample(64) / scale, run_dir / "samples.png")]
@@ -175,7 +175,8 @@ def draw_generic_figures(model: Family, test: ImageDataset, history: list[dict],
 
 
 #: ``kind -> draw(model, test, history, run_dir, seed) -> [paths]``: the figures at the end of training.
-FIGURES: dict[str, Callable] = {"vae": draw_vae_figures, "cvae": draw_cvae_figures, "m2": draw_m2_figures,
+FIGURES: dict[str, Callable] = {"vae": draw_vae_figures, "autoencoder": draw_vae_figures,
+                                "cvae": draw_cvae_figures, "m2": draw_m2_figures,
                                 "structured-cvae": draw_structured_figures}
 
 
@@ -203,12 +204,12 @@ def sample_vae(vae: VAE, run_dir: Path, n: int, seed: int, out: str | None, test
     pyro.set_rng_seed(seed)
     if len(vae.x_shape) == 3:
         path = Path(out) if out else run_dir / f"samples_n{n}_seed{seed}.png"
-        scale = _display_scale(test) if test is not None else 1.0
+        scale = display_scale(test) if test is not None else 1.0
         return plots.plot_samples(vae.sample(n).cpu() / scale, path)
     path = Path(out) if out else run_dir / f"samples_n{n}_seed{seed}.csv"
     with torch.no_grad():
         draws = vae.decode(vae.prior().sample((n,)).to(device_of(vae))).sample()
-    return _write_csv(draws, test, path)
+    return write_csv(draws, test, path)
 
 
 def sample_cvae(cvae: CVAE | M2, run_dir: Path, n: int, seed: int, out: str | None, test: ImageDataset | None,
@@ -239,7 +240,7 @@ def sample_cvae(cvae: CVAE | M2, run_dir: Path, n: int, seed: int, out: str | No
     return plots.plot_samples_by_label(samples_by_digit(cvae, per), per, path, title=BY_DIGIT_TITLE)
 
 
-def _write_csv(values: torch.Tensor, test: ImageDataset | None, path: Path, label=None, label_names=None) -> Path:
+def write_csv(values: torch.Tensor, test: ImageDataset | None, path: Path, label=None, label_names=None) -> Path:
     """``values (n, *x_shape)`` in the data's units as CSV (feature names as the header; a label column)."""
     import pandas as pd
 
@@ -269,7 +270,7 @@ def _sample_table_by_label(cvae, run_dir: Path, n: int, seed: int, out: str | No
     draws = (cvae.decode(z, labels) if isinstance(cvae, CVAE) else cvae.likelihood_of(z, labels)).sample()
     path = Path(out) if out else run_dir / (f"samples_label{digit}_n{n}_seed{seed}.csv" if digit is not None
                                             else f"samples_by_label_n{n}_seed{seed}.csv")
-    return _write_csv(draws, test, path, labels, test.label_names if test is not None else None)
+    return write_csv(draws, test, path, labels, test.label_names if test is not None else None)
 
 
 def sample_structured(cvae: StructuredCVAE, run_dir: Path, n: int, seed: int, out: str | None,
@@ -293,8 +294,8 @@ def sample_generic(model: Family, run_dir: Path, n: int, seed: int, out: str | N
 
 
 #: ``kind -> sample(model, run_dir, n, seed, out, test, digit, manifold) -> path``: ``pyrovae sample``.
-SAMPLERS: dict[str, Callable] = {"vae": sample_vae, "cvae": sample_cvae, "m2": sample_cvae,
-                                 "structured-cvae": sample_structured}
+SAMPLERS: dict[str, Callable] = {"vae": sample_vae, "autoencoder": sample_vae, "cvae": sample_cvae,
+                                 "m2": sample_cvae, "structured-cvae": sample_structured}
 
 #: The kinds whose sampler needs the run's test data.
 SAMPLERS_NEED_DATA = {"structured-cvae"}

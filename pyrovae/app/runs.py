@@ -18,19 +18,21 @@ from pathlib import Path
 import pyro
 import torch
 
-from .. import checks
+from .. import checks, plots
 from ..data.config import DataInfo, prepare_data
 from ..data.dataset import ArrayDataset, ImageDataset
-from ..errors import ConfigError, DataError, RunDirError
-from ..files import ensure_writable_dir
+from ..errors import ConfigError, DataError, RunDirError, UnsupportedError
 from ..evaluation.metrics import evaluate
+from ..evaluation.samplers import fit_latent_gmm, sample_gmm
+from ..files import ensure_writable_dir
 from ..training.checkpoint import (CHECKPOINT, CONFIG, OWN_FILES, check_run_dir, check_same_data, load_run,
                                   own_file, read_data_info, read_run_config, run_dir_lock, write_metrics)
 from ..training.config import RunConfig
 from ..training.distributed import init_distributed, is_main_process
 from ..training.optim import resolve_device
 from ..training.trainer import fit
-from .figures import SAMPLERS, SAMPLERS_NEED_DATA, draw_figures, sample_generic, sample_suffix
+from .figures import (SAMPLERS, SAMPLERS_NEED_DATA, display_scale, draw_figures, sample_generic, sample_suffix,
+                      write_csv)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,36 @@ def _train_run(config: RunConfig, run_dir: str | os.PathLike, resume: bool, prog
     return write_metrics(run_dir, {"test": {**metrics, **_test_description(info)}})
 
 
+#: What each file of a run folder holds, for the list ``pyrovae train`` prints at the end.
+RUN_FILES = {
+    "checkpoint.pt": "the last epoch: model, optimizer, RNG states (evaluate, sample, diagnose, --resume)",
+    "best.pt": "the epoch of the best validation metric (evaluate --which best)",
+    "config.json": "the settings (pyrovae train --config FILE repeats or varies the run)",
+    "data.json": "the data: source and checksum, split, fitted transform",
+    "metrics.json": "the history per epoch, training facts and warnings, test metrics",
+    "metrics.csv": "the history, one row per epoch (spreadsheets, pandas)",
+    "tensorboard": "TensorBoard event files (tensorboard --logdir RUN_DIR)",
+    "elbo.png": "the ELBO and the training objective per epoch, the KL warm-up shaded",
+    "reconstructions.png": "test inputs above their reconstructions",
+    "samples.png": "draws from the prior, decoded",
+    "samples_by_digit.png": "one row per label, one z per column",
+    "analogies.png": "test images, each one's style with every label",
+    "accuracy.png": "test and validation accuracy per epoch",
+    "completions.png": "inputs, truths, the baseline's prediction and CVAE completions",
+    "latent_scatter.png": "the test set's posterior means, by label",
+    "latent_manifold.png": "images decoded over a grid of the 2-d latent space",
+    "features.png": "per-feature histograms of data, reconstructions and draws",
+    "correlations.png": "correlation matrices of data and draws",
+    "mean_variance.png": "mean against variance per feature, data and draws",
+}
+
+
+def run_files(run_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(name, what it holds)`` for each file and folder in ``run_dir`` (hidden ones left out), sorted."""
+    entries = sorted(p for p in Path(run_dir).iterdir() if not p.name.startswith("."))
+    return [(p.name + ("/" if p.is_dir() else ""), RUN_FILES.get(p.name, "")) for p in entries]
+
+
 def evaluate_run(run_dir: str | os.PathLike, num_samples: int = 5000, data_dir: str | None = None,
                  device: str = "cpu", max_chunk: int | None = None, progress: bool | None = None, *,
                  max_memory_gb: float = 4.0, probe: bool = True, probe_train_size: int = 10_000,
@@ -217,8 +249,11 @@ def diagnose_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
 
 def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str | None = None,
                device: str = "cpu", digit: int | None = None, manifold: bool = False,
-               data_dir: str | None = None, data=None) -> Path:
-    """``pyrovae sample`` (any family): draws from a run folder as a PNG grid: prior samples of a VAE; for a
+               data_dir: str | None = None, data=None, sampler: str = "prior") -> Path:
+    """``pyrovae sample`` (any family): draws from a run folder as a PNG grid: prior samples of a VAE (or of an
+    autoencoder: its decoder fed z ~ N(0, I)); with ``sampler="gmm"``, a VAE's or an autoencoder's decoder fed
+    draws of a 10-component Gaussian mixture fitted to the codes of (up to) 10,000 training data points
+    (:func:`pyrovae.evaluation.samplers.fit_latent_gmm`, Ghosh et al. 2020); for a
     CVAE or M2, ``n`` draws of ``digit`` or one row per digit (with ``manifold`` and z_dim = 2, a CVAE's
     decoded latent manifold of that digit); for a structured-output CVAE, completions of the first ``n``
     test images.
@@ -228,15 +263,18 @@ def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str 
     folder, it holds the folder's lock.
 
     Raises:
-        ConfigError: ``n < 1``; a ``seed`` outside [0, 2**32 - 1]; ``digit`` or ``manifold`` for a family without
-            labels; ``digit`` outside the run's labels; ``manifold`` without ``digit`` or with z_dim != 2; ``out``
-            of another kind.
+        UnsupportedError: ``sampler="gmm"`` for a family that is not a VAE or an autoencoder.
+        ConfigError: an unknown ``sampler``; ``n < 1``; a ``seed`` outside [0, 2**32 - 1]; ``digit`` or
+            ``manifold`` for a family without labels; ``digit`` outside the run's labels; ``manifold`` without
+            ``digit`` or with z_dim != 2; ``out`` of another kind.
         RunDirError: ``out`` would replace a run folder's own file or a file that is not an image; it cannot be
             written (a folder, under a file, a name too long, a read-only file system); another process holds
             the lock of the run folder written to.
     """
     checks.positive_int(n, "n")
     checks.seed(seed)
+    if sampler not in ("prior", "gmm"):
+        raise ConfigError(f"sampler={sampler!r} is unknown; choose prior or gmm")
     if out is not None:
         ensure_writable_dir(Path(out).parent, Path(out).name)
         if Path(out).is_dir():
@@ -251,8 +289,26 @@ def sample_run(run_dir: str | os.PathLike, n: int = 64, seed: int = 0, out: str 
             test = _test_set(run_dir, config, data_dir, data)
         elif (info := read_data_info(run_dir)) is not None and info.source != "mnist":
             test = units_of(info)  # the data's units and names come from data.json alone
-        sampler = SAMPLERS.get(model.kind, sample_generic)
-        return sampler(model, Path(run_dir), n, seed, out, test, digit=digit, manifold=manifold)
+        if sampler == "gmm":
+            return _sample_gmm(model, config, Path(run_dir), n, seed, out, test, data_dir, data, digit, manifold)
+        draw = SAMPLERS.get(model.kind, sample_generic)
+        return draw(model, Path(run_dir), n, seed, out, test, digit=digit, manifold=manifold)
+
+
+def _sample_gmm(model, config: RunConfig, run_dir: Path, n: int, seed: int, out: str | None, test, data_dir, data,
+                digit, manifold) -> Path:
+    if model.kind not in ("vae", "autoencoder"):
+        raise UnsupportedError(f"--sampler gmm takes a VAE or an autoencoder run; {run_dir} holds a {model.kind} run")
+    if digit is not None or manifold:
+        raise ConfigError("--digit and --manifold are for CVAE and M2 runs, not --sampler gmm")
+    train = run_data(run_dir, config, data, data_dir, validation_size=0)[0]
+    train = train.subset(slice(0, min(len(train), 10_000)))
+    drawn = sample_gmm(model, fit_latent_gmm(model, train, 10, seed), n, seed).cpu()
+    if len(model.x_shape) != 3:
+        return write_csv(drawn, test, Path(out) if out else run_dir / f"samples_gmm_n{n}_seed{seed}.csv")
+    path = Path(out) if out else run_dir / f"samples_gmm_n{n}_seed{seed}.png"
+    scale = display_scale(test) if test is not None else 1.0
+    return plots.plot_samples(drawn / scale, path, title="decoded draws of a Gaussian mixture fitted to the codes")
 
 
 def _is_run_folder(folder: Path) -> bool:

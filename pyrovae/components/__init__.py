@@ -6,10 +6,11 @@ likelihood drops in beside ours (see the contracts in :mod:`.priors`, :mod:`.lik
 """
 
 from .guides import GUIDES, IAF, DiagonalNormal, LowRankNormal
-from .likelihoods import LIKELIHOODS, Bernoulli
+from .likelihoods import LIKELIHOODS, Bernoulli, set_output_bias
 from .nets import NETWORKS, MLPDecoder, MLPEncoder, build_conditional_networks, build_networks, mlp, one_hot
 from .priors import PRIORS, FlowPrior, LearnedNormal, MixtureOfGaussians, StandardNormal, VampPrior, check_prior
 
 __all__ = ["Bernoulli", "GUIDES", "IAF", "LIKELIHOODS", "NETWORKS", "PRIORS", "DiagonalNormal", "FlowPrior",
            "LearnedNormal", "LowRankNormal", "MLPDecoder", "MLPEncoder", "MixtureOfGaussians", "StandardNormal",
-           "VampPrior", "build_conditional_networks", "build_networks", "check_prior", "mlp", "one_hot"]
+           "VampPrior", "build_conditional_networks", "build_networks", "check_prior", "mlp", "one_hot",
+           "set_output_bias"]

@@ -8,7 +8,8 @@ The contract (what :class:`pyrovae.VAE` relies on, and all a user's own likeliho
   and ``event_shape == x_shape`` (use ``.to_event(len(x_shape))``).
 * ``check_support(x)`` raises ``ValueError`` with an actionable message when data ``x`` lies outside
   the distribution's support; the model calls it once per public entry point, not per step.
-* optionally ``init_bias(output_layer, x)`` sets the decoder's output bias from the data mean.
+* optionally ``init_bias(output_layer, x)`` sets the decoder's output bias from the data mean
+  (:func:`set_output_bias` does it for MLP and conv decoders alike).
 * optionally ``support``: a class attribute naming the data the likelihood takes, one of the keys of
   :data:`SUPPORT_DESCRIPTIONS` (``"binary"``, ``"unit_interval"``, ``"real"``, ``"counts"``, ...); every
   shipped likelihood has one.
@@ -69,8 +70,9 @@ parameters are trained with the networks; nothing to register)::
 
     vae = VAE(z_dim=10, x_shape=(30,), likelihood=SharedScaleNormal((30,)))
 
-To make it available by name (``VAEConfig(likelihood="shared_scale_normal")``), add it to the registry:
-``LIKELIHOODS["shared_scale_normal"] = SharedScaleNormal``. See ``examples/custom_prior_likelihood.py`` for
+To make it available by name (``VAEConfig(likelihood="shared_scale_normal")``, ``--likelihood``, and a run
+folder trained with it reloading), register it: ``pyrovae.register_likelihood("shared_scale_normal",
+SharedScaleNormal)``. See ``examples/custom_prior_likelihood.py`` for
 a complete, runnable example with a prior and a likelihood of one's own.
 """
 
@@ -151,11 +153,19 @@ def _check_bounded_integers(x: torch.Tensor, name: str, upper: int, option: str,
 
 
 @torch.no_grad()
-def _set_bias(output_layer: nn.Module, num_params: int, index: int, value: torch.Tensor) -> None:
-    """Set the output bias of decoder parameter ``index`` to ``value`` (shape ``x_shape``).
+def set_output_bias(output_layer: nn.Module, num_params: int, index: int, value: torch.Tensor) -> None:
+    """Set the output bias of decoder parameter ``index`` (of ``num_params``) to ``value`` (shape ``x_shape``,
+    or a scalar): what a likelihood's ``init_bias(output_layer, x)`` calls, for any decoder.
 
     An MLP's last layer has one bias per output (``num_params * prod(x_shape)``); a conv decoder's has
-    one per output channel (``num_params * C``), which gets the per-channel mean of ``value``.
+    one per output channel (``num_params * C``), which gets the per-channel mean of ``value``; any other
+    layout gets the mean of ``value``. A layer without a bias is left alone.
+
+    Example, a Binomial likelihood's ``init_bias`` (start at the data's success rate per dimension)::
+
+        def init_bias(self, output_layer, x):
+            p = (x.mean(0) / self.total_count).clamp(1e-3, 1 - 1e-3)
+            set_output_bias(output_layer, self.num_params, 0, torch.logit(p))
     """
     bias = output_layer.bias
     if bias is None:
@@ -167,6 +177,9 @@ def _set_bias(output_layer: nn.Module, num_params: int, index: int, value: torch
         rows[index].copy_(value.reshape(value.shape[0], -1).mean(1))
     else:
         rows[index].fill_(value.mean().item())
+
+
+_set_bias = set_output_bias  # the name the shipped likelihoods use
 
 
 def _split(params: torch.Tensor, x_shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:

@@ -2,17 +2,30 @@
 model, several chains, with R-hat and effective sample sizes from ArviZ, to hold q(z | x_i) against.
 
 Pyro's multi-chain ``MCMC`` (``num_chains > 1``) runs its chains in worker processes of its own making;
-here each chain is its own single-chain ``MCMC``, run in a process pool that pyrovae sizes and threads
+here each chain is its own single-chain ``MCMC``, run in worker processes that pyrovae sizes and threads
 (one thread per worker on the CPU) and that falls back to running the chains in this process when
 workers cannot start, so that the draws depend on the seed and not on the number of workers.
+
+The workers are fresh interpreters (``python -c``) that read the model from a file and never import the
+caller's main module (multiprocessing's ``spawn`` re-runs a script without an ``if __name__ == "__main__":``
+guard in every worker). Only a model that uses classes defined in the main module itself needs it: a guarded
+script is imported in the workers (as ``spawn`` does), an unguarded one (or a notebook) runs the chains in
+this process.
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import os
 import pickle
+import subprocess
+import sys
+import tempfile
 import time
+import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -58,8 +71,147 @@ def _nuts_chain(model, args: tuple, site: str, num_samples: int, warmup: int, se
     return z, float(kernel.step_size), divergences
 
 
-def _init_chain_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+# --- worker processes that never import the caller's main module -------------------------------------------
+
+#: What a worker runs: read the header (plain data), take the caller's sys.path, then hand over to
+#: :func:`_worker_main`. Nothing of the caller's ``__main__`` is imported unless the header says so.
+_BOOT = ("import pickle, sys\n"
+         "f = open(sys.argv[1], 'rb')\n"
+         "header = pickle.load(f)\n"
+         "sys.path[:] = header['sys_path']\n"
+         "from pyrovae.diagnostics.mcmc import _worker_main\n"
+         "_worker_main(header, f, int(sys.argv[2]), sys.argv[3])\n")
+
+
+class _MainFinder(pickle.Pickler):
+    """A pickler that notes whether anything it pickles is defined in ``__main__``."""
+
+    def __init__(self, file):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.uses_main = False
+
+    def reducer_override(self, obj):
+        if not self.uses_main and isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__":
+            self.uses_main = True
+        return NotImplemented
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+            and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
+
+
+def main_is_guarded() -> bool:
+    """The main module is a file whose top level holds ``if __name__ == "__main__":`` (so importing it in a
+    worker, as multiprocessing's ``spawn`` does, does not run the script)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path:
+        return False
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.If) and _is_main_test(node.test) for node in tree.body)
+
+
+def _main_preparation() -> dict:
+    """How a worker imports the main module when the model needs it: multiprocessing's own preparation data
+    (``init_main_from_name`` or ``init_main_from_path``), which ``multiprocessing.spawn.prepare`` follows."""
+    from multiprocessing import spawn
+
+    data = spawn.get_preparation_data("pyrovae-nuts")
+    return {k: v for k, v in data.items() if k in ("init_main_from_name", "init_main_from_path")}
+
+
+def _worker_main(header: dict, f, worker: int, result_path: str) -> None:
+    """A worker: import the main module only if the header says so, read the chains' arguments, run this
+    worker's chains, write ``("ok", results)`` or ``("error", exception, traceback)`` (a chain failed) or
+    ``("startup", message)`` (the payload could not be read) to ``result_path``."""
+    import traceback
+
+    try:
+        if header.get("main"):
+            from multiprocessing import spawn
+            spawn.prepare(header["main"])
+        torch.set_num_threads(header["threads"])
+        model, args, site, chains = pickle.load(f)
+    except BaseException as e:  # noqa: BLE001 - reported to the caller, which runs the chains itself
+        outcome = ("startup", f"{type(e).__name__}: {e}")
+    else:
+        try:
+            outcome = ("ok", [(c, _nuts_chain(model, args, site, *a)) for c, a in chains[worker::header["workers"]]])
+        except BaseException as e:  # noqa: BLE001
+            tb = traceback.format_exc()
+            try:
+                pickle.dumps(e)
+            except Exception:  # noqa: BLE001
+                e = RuntimeError(f"{type(e).__name__}: {e}")
+            outcome = ("error", e, tb)
+    with open(result_path, "wb") as out:
+        pickle.dump(outcome, out)
+
+
+class _WorkersFailed(Exception):
+    """Worker processes could not run the chains (not a failure of a chain itself)."""
+
+
+def _run_in_workers(model, args: tuple, site: str, chain_args: list, workers: int, threads: int) -> list:
+    """The chains' results, computed in ``workers`` fresh worker processes (see :data:`_BOOT`).
+
+    Raises:
+        _WorkersFailed: the model cannot be pickled or needs the main module of an unguarded script, or a
+            worker could not start or read it.
+        Exception: a chain's own error, as the worker raised it.
+    """
+    buffer = io.BytesIO()
+    finder = _MainFinder(buffer)
+    try:
+        finder.dump((model, args, site, list(enumerate(chain_args))))
+    except (pickle.PicklingError, AttributeError, TypeError) as e:
+        raise _WorkersFailed(f"the model cannot be pickled ({type(e).__name__}: {e})") from None
+    main = {}
+    if finder.uses_main:
+        if not main_is_guarded():
+            raise _WorkersFailed("the model uses classes defined in the main module, which has no "
+                                 "'if __name__ == \"__main__\":' guard (a worker would run the whole script "
+                                 "again); define them in a module, or guard the script, to run chains in parallel")
+        main = _main_preparation()
+    header = {"sys_path": list(sys.path), "main": main, "threads": threads, "workers": workers}
+    with tempfile.TemporaryDirectory(prefix="pyrovae-nuts-") as tmp:
+        payload = Path(tmp) / "payload.pkl"
+        results, procs = {}, []
+        try:
+            try:
+                with open(payload, "wb") as f:
+                    pickle.dump(header, f, protocol=pickle.HIGHEST_PROTOCOL)
+                    f.write(buffer.getvalue())
+                for w in range(workers):
+                    procs.append(subprocess.Popen([sys.executable, "-c", _BOOT, str(payload), str(w),
+                                                   str(Path(tmp) / f"result{w}.pkl")], stdin=subprocess.DEVNULL))
+            except OSError as e:
+                raise _WorkersFailed(f"the workers could not start ({type(e).__name__}: {e})") from None
+            for w, proc in enumerate(procs):
+                proc.wait()
+                path = Path(tmp) / f"result{w}.pkl"
+                if not path.exists():
+                    raise _WorkersFailed(f"worker {w} ended with exit status {proc.returncode} and no result")
+                with open(path, "rb") as f:
+                    outcome = pickle.load(f)
+                if outcome[0] == "error":
+                    raise outcome[1]
+                if outcome[0] == "startup":
+                    raise _WorkersFailed(f"worker {w} could not read the model: {outcome[1]}")
+                results.update(outcome[1])
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    return [results[c] for c in range(len(chain_args))]
 
 
 def _default_workers(num_chains: int) -> int:
@@ -98,14 +250,15 @@ def mcmc_reference(model, *args, num_samples: int = 500, warmup: int = 500, num_
     and the bulk and tail effective sample sizes are ArviZ's.
 
     On the CPU the chains run in parallel worker processes (``num_workers``, default one per chain up to
-    the number of cores; started with ``spawn``, each with ``torch.get_num_threads() // num_workers``
+    the number of cores; fresh interpreters, each with ``torch.get_num_threads() // num_workers``
     threads), each chain the same computation it is in one process: at equal threads per chain the draws
     depend on ``seed`` and not on the number of workers. (Another thread count changes the rounding of
     multi-threaded kernels, which NUTS's chaotic trajectories turn into other, equally valid, chains.)
-    On a GPU the chains always run in this process. Scripts that call this with
-    workers must guard their entry point with ``if __name__ == "__main__":`` (Python's ``spawn`` rule);
-    if the workers cannot start (or the model cannot be pickled), the chains run in this process with a
-    warning; an error raised by a chain itself is raised as it is.
+    On a GPU the chains always run in this process. The workers never import the caller's main module, so
+    a script without ``if __name__ == "__main__":`` is not run again; only a model built from classes
+    defined in the main module itself needs it in the workers: imported there when the script has the
+    guard, otherwise the chains run in this process (with a warning), as they do when the workers cannot
+    start or the model cannot be pickled; an error raised by a chain itself is raised as it is.
 
     Cost: with the defaults, one MNIST image's 50-d posterior under the default 784-512-512-50 decoder
     takes about 35 gradient evaluations per draw; the two default chains took 33-35 s in two worker
@@ -161,20 +314,12 @@ def mcmc_reference(model, *args, num_samples: int = 500, warmup: int = 500, num_
     t0 = time.perf_counter()
     results = None
     if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
-
         threads = max(1, torch.get_num_threads() // workers)
         try:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_chain_worker, initargs=(threads,)) as pool:
-                results = list(pool.map(_nuts_chain, *zip(*[(model, args, site, *a) for a in chain_args])))
-        except (BrokenProcessPool, pickle.PicklingError, AttributeError, TypeError, OSError) as e:
-            if isinstance(e.__cause__, _RemoteTraceback):
-                raise  # the chain itself failed in its worker: running it again here would fail the same way
-            warnings.warn(f"NUTS worker processes failed ({type(e).__name__}: {e}); running the "
-                          f"{num_chains} chains one after another in this process", RuntimeWarning)
+            results = _run_in_workers(model, args, site, chain_args, workers, threads)
+        except _WorkersFailed as e:  # a chain's own error is raised as it is
+            warnings.warn(f"NUTS worker processes were not used ({e}); running the {num_chains} chains one after "
+                          "another in this process", RuntimeWarning)
             workers = 1
     if results is None:
         results = [_nuts_chain(model, args, site, *a) for a in chain_args]

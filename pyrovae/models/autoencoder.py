@@ -28,13 +28,15 @@ fits a mixture to the codes instead (Ghosh et al. 2020).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
+import pydantic
 import pyro
 import pyro.distributions as dist
 import torch
 from pydantic import Field
 
+from ..components.plugins import build_plugin
 from ..errors import ConfigError
 from .base import LossRecord, data_plate, register_family
 from .vae import VAE, VAEConfig
@@ -74,6 +76,21 @@ class AutoencoderConfig(VAEConfig):
                                                             "rho to the mean of sigmoid(code)")
     sparsity_target: float = Field(0.05, gt=0, lt=1, description="sparse, kl: the target mean activation rho")
     penalty_weight: float = Field(0.1, ge=0, description="sparse and contractive: the penalty's weight")
+    guide: Literal["point_mass"] = Field("point_mass", description="a point mass on the code (an autoencoder's)")
+    guide_options: dict[str, Any] = Field(default_factory=dict, description="none: a point mass has no options")
+    plugin_kinds: ClassVar[tuple[str, ...]] = ("prior", "likelihood")
+
+    @pydantic.model_validator(mode="after")
+    def _no_guide_options(self):
+        if self.guide_options:
+            raise ValueError(f"guide_options={self.guide_options!r}: an autoencoder's guide, a point mass on the "
+                             "code, has no options")
+        return self
+
+    def build_plugins(self) -> dict:
+        """``{"prior", "likelihood"}`` built from the names and options (the guide is the point mass)."""
+        return {"prior": build_plugin("prior", self.prior, self.z_dim, self.prior_options),
+                "likelihood": build_plugin("likelihood", self.likelihood, tuple(self.x_shape), self.likelihood_options)}
 
 
 def corrupt(x: torch.Tensor, kind: str, level: float) -> torch.Tensor:
@@ -138,7 +155,6 @@ class Autoencoder(VAE):
     @classmethod
     def from_config(cls, config: AutoencoderConfig) -> "Autoencoder":
         plugins = config.build_plugins()
-        plugins.pop("guide_family")
         model = cls(z_dim=config.z_dim, x_shape=config.x_shape, network=config.network, hidden=config.hidden,
                     variant=config.variant, corruption=config.corruption, corruption_level=config.corruption_level,
                     sparsity=config.sparsity, sparsity_target=config.sparsity_target,

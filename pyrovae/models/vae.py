@@ -16,7 +16,7 @@ number of models can coexist in one process. Train it with :func:`pyrovae.fit`, 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import pydantic
 import pyro
@@ -83,9 +83,12 @@ class PlugInConfig(ModelConfig):
     guide: str = Field("diagonal_normal", description="the guide family q(z|x)")
     guide_options: dict[str, Any] = Field(default_factory=dict, description="options of the guide family")
 
+    #: The plug-ins this config names (an autoencoder's guide is not one).
+    plugin_kinds: ClassVar[tuple[str, ...]] = ("prior", "likelihood", "guide")
+
     @pydantic.model_validator(mode="after")
     def _known_plugins(self):
-        for what in ("prior", "likelihood", "guide"):  # a ConfigError (ValueError): pydantic reports it
+        for what in self.plugin_kinds:  # a ConfigError (ValueError): pydantic reports it
             check_plugin(what, getattr(self, what), getattr(self, f"{what}_options"))
         return self
 

@@ -34,6 +34,7 @@ class TrainerConfig(Settings):
     With a validation split, ``early_stopping_patience`` ends a stage after that many epochs without
     improvement of its monitored validation metric; the best checkpoint is kept as ``best.pt`` beside
     ``checkpoint.pt``. ``seed`` seeds the weights, the data order, every random draw and the splits.
+    ``tensorboard`` also writes the history as TensorBoard event files (``metrics.csv`` is always written).
     """
 
     epochs: PositiveInt = Field(100, description="epochs (passes over the training data)")
@@ -58,6 +59,8 @@ class TrainerConfig(Settings):
                           "validation split; None: never)")
     seed: Seed = Field(0, description="seed of the weights, the data order, the splits and every draw")
     device: Device = Field("cpu", description="cpu, cuda or cuda:N")
+    tensorboard: bool = Field(False, description="also write the history as TensorBoard event files to "
+                                                 "RUN_DIR/tensorboard (pip install 'pyrovae[tensorboard]')")
 
     @pydantic.model_validator(mode="after")
     def _free_bits_needs_an_elbo(self) -> "TrainerConfig":

@@ -39,6 +39,7 @@ from .checkpoint import (BEST, CHECKPOINT, CONFIG, check_run_dir, check_same_dat
 from .config import RunConfig
 from .distributed import DistributedContext, init_distributed
 from .optim import flush_denormals, kl_weight_at, lr_factor, make_optimizer, resolve_device
+from .reporting import Progress, TensorBoardLog, check_tensorboard, warmup_warnings, write_metrics_csv
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ EpochCallback = Callable[[Family, dict, Path], None]
 #: where it runs, where the MNIST files are now, and the importance samples of its final test evaluation. Every
 #: other setting (the model, the learning rate and its schedule, the batch size, the objective, the data and its
 #: split) is the run's: its checkpoint holds weights, optimizer state and a schedule made with them.
-RESUME_MAY_CHANGE = ("trainer.epochs", "trainer.device", "data.data_dir", "evaluation.num_samples")
+RESUME_MAY_CHANGE = ("trainer.epochs", "trainer.device", "trainer.tensorboard", "data.data_dir",
+                     "evaluation.num_samples")
 
 
 def _flag(group: str, name: str) -> str:
@@ -98,7 +100,8 @@ def resumed_config(state: dict, config: RunConfig) -> RunConfig:
                           "Leave them out (or give the run's values), or start a new run in another folder; on resume "
                           f"only {', '.join(RESUME_MAY_CHANGE)} may change")
     trainer = saved.trainer.replace(epochs=given.get("trainer.epochs", saved.trainer.epochs),
-                                    device=config.trainer.device)
+                                    device=config.trainer.device,
+                                    tensorboard=given.get("trainer.tensorboard", saved.trainer.tensorboard))
     update = {"trainer": trainer}
     if "data.data_dir" in given:
         update["data"] = saved.data.replace(data_dir=config.data.data_dir)
@@ -190,10 +193,12 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     """Train (or resume) the run in ``run_dir``, whatever its model family; returns ``(model, history)``.
 
     Writes ``config.json`` at the start and, after every epoch, ``checkpoint.pt`` (model, optimizer and
-    schedule state, RNG states, config, stage and epoch, history, the family's state) and
-    ``metrics.json``, each atomically; with a validation split also ``best.pt`` whenever the last stage's
-    monitored validation metric improves. Resuming restores every RNG state, so a resumed run continues
-    exactly as if it had not stopped.
+    schedule state, RNG states, config, stage and epoch, history, the family's state), ``metrics.json``
+    and ``metrics.csv`` (the history, one row per epoch), each atomically; with a validation split also
+    ``best.pt`` whenever the last stage's monitored validation metric improves; with
+    ``trainer.tensorboard`` also TensorBoard event files under ``tensorboard/``. Resuming restores every RNG
+    state, so a resumed run continues exactly as if it had not stopped. A run that ends before its KL
+    warm-up does gets a warning (logged, and in ``metrics.json``'s ``training.warnings``).
 
     Args:
         config: the run's settings. On ``resume`` the checkpoint's config is used; ``config`` may change only
@@ -208,7 +213,9 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             transformed as ``config.data`` says; None: read from ``config.data.source``. Except for ready
             splits, the run folder records the data in ``data.json`` (source, sha256 or package version,
             split, fitted transform).
-        progress: show a progress bar (default: when stderr is a terminal).
+        progress: None (default): a progress bar over the whole run with its ETA in a terminal or a notebook
+            (``tqdm.auto``), one line per epoch elsewhere (stderr); True: the bar; False: nothing (the epoch
+            lines go to the ``pyrovae`` logger at INFO).
         on_epoch_end: see :data:`EpochCallback`.
         distributed: data-parallel training over the processes that torchrun started (see
             :mod:`pyrovae.training.distributed`): the global batch is ``batch_size`` x their number, rank
@@ -264,6 +271,8 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
         train, validation, test, info = prepare_data(config.data, trainer.seed, data=data,
                                                      fitted=None if recorded is None else recorded.fitted)
         check_same_data(recorded, info)
+    if trainer.tensorboard:
+        check_tensorboard()  # before any work: a missing package is a one-line error
     if trainer.early_stopping_patience is not None and validation is None:
         raise ConfigError(f"early_stopping_patience={trainer.early_stopping_patience} needs a validation split; "
                           "set validation_size (--validation-size) or drop early stopping")
@@ -302,16 +311,29 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
         restore_rng_state(state["rng"], generator, device)
         ctx.restore_rng_states(state["rng"].get("ranks"), sample_generator, trainer.seed, done)
 
+    warnings = warmup_warnings(stages, trainer)
+    facts = {"kind": config.kind, "kl_term": _kl_term(model, train, trainer.elbo, device),
+             **model.training_info(plan), "kl_warmup_epochs": trainer.kl_warmup_epochs, "warnings": warnings}
+
+    logs = {}  # rank 0's TensorBoard writer
+
     def write_start():
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG)
         if info is not None:
             write_data_info(run_dir, info)
-        facts = {"kind": config.kind, "kl_term": _kl_term(model, train, trainer.elbo, device),
-                 **model.training_info(plan)}
         write_metrics(run_dir, {"training": facts})
+        for message in warnings:
+            log.warning("warning: %s", message)
+        if trainer.tensorboard:
+            logs["tensorboard"] = TensorBoardLog(run_dir, history)
 
     ctx.on_main(write_start)  # rank 0 alone writes to run_dir
+    tensorboard = logs.get("tensorboard")
+    remaining = sum(stage.epochs - (done if state is not None and index == start_stage else 0)
+                    for index, stage in enumerate(stages) if index >= start_stage
+                    and not (state is not None and index == start_stage and stopped))
+    reporter = Progress(progress, max(remaining, 0) * steps, trainer.beta, enabled=ctx.is_main)
 
     for index, stage in enumerate(stages):
         if index < start_stage:
@@ -331,7 +353,7 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
         label = stage.name if len(stages) > 1 else None
         for epoch in range(start + 1, stage.epochs + 1):
             row = train_epoch(model, stage, plan, ddp, optimizer, scheduler, ctx, generator, sample_generator,
-                               trainer, steps, epoch, label, progress)
+                               trainer, steps, epoch, label, reporter.step_bar() or False)
             t0 = time.perf_counter() - row.pop("seconds")
             if validation is not None and stage.validate is not None:
                 with torch.no_grad():
@@ -345,8 +367,7 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
             improved = monitor.update(row)
             stopped = monitor.exhausted
             if ctx.is_main:
-                log.info("%sepoch %d: %s", f"{stage.name} " if label else "", epoch,
-                         ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "stage")))
+                reporter.epoch(row, stage.epochs, steps)
             rng = rng_state(generator, device)
             if ctx.enabled:
                 rng["ranks"] = ctx.rng_states(sample_generator)  # a collective: every rank takes part
@@ -364,6 +385,9 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
                     save_checkpoint(run_dir / BEST, checkpoint)
                 write_metrics(run_dir, {"history": history,
                                         **summarize_history(history, stages[-1].monitor, stages[-1].mode)})
+                write_metrics_csv(run_dir, history)
+                if tensorboard is not None:
+                    tensorboard.write(history)
 
             ctx.on_main(write_epoch)
             if on_epoch_end is not None:
@@ -373,6 +397,18 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
                     log.info("early stopping: %s has not improved for %d epochs (best %.4g at epoch %d)",
                              monitor.key, monitor.bad_epochs, monitor.best, monitor.best_epoch)
                 break
+    reporter.close()
+    late = warmup_warnings(stages, trainer, history)  # early stopping inside the warm-up
+
+    def write_end():
+        if tensorboard is not None:
+            tensorboard.close()
+        if late:
+            for message in late:
+                log.warning("warning: %s", message)
+            write_metrics(run_dir, {"training": {**facts, "warnings": warnings + late}})
+
+    ctx.on_main(write_end)
     for p in model.parameters():
         p.requires_grad_(True)
     return model.eval(), history
@@ -392,11 +428,14 @@ def train_epoch(model: Family, stage: Stage, plan, ddp, optimizer, scheduler, ct
     sums: dict[str, torch.Tensor] = {}
     weighted = stage.weighted_sites is None or len(stage.weighted_sites) > 0
     beta = 1.0
-    bar = tqdm(plan.epoch(generator, sample_generator, ctx), total=steps, leave=False,
-               desc=f"{label + ' ' if label else ''}epoch {epoch}/{stage.epochs}",
-               disable=True if not ctx.is_main else None if progress is None else not progress)
+    batches = plan.epoch(generator, sample_generator, ctx)
+    run_bar = progress if hasattr(progress, "update") else None  # fit's whole-run bar, advanced per step
+    if run_bar is None:
+        batches = tqdm(batches, total=steps, leave=False,
+                       desc=f"{label + ' ' if label else ''}epoch {epoch}/{stage.epochs}",
+                       disable=True if not ctx.is_main else None if progress is None else not progress)
     with pyro.validation_enabled(False):
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(batches):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             if weighted:
                 beta = kl_weight_at(trainer.beta, trainer.kl_warmup_epochs, (epoch - 1) * steps + i, steps)
@@ -408,6 +447,8 @@ def train_epoch(model: Family, stage: Stage, plan, ddp, optimizer, scheduler, ct
             scheduler.step()
             for k, v in terms.items():
                 sums[k] = sums[k] + v * n if k in sums else v * n
+            if run_bar is not None:
+                run_bar.update()
     total = plan.observations_per_epoch(ctx)
     row = {"stage": label, "epoch": epoch} if label else {"epoch": epoch}
     row.update({f"train_{k}": ctx.all_reduce_sum(v).item() / total for k, v in sums.items()})
