@@ -5,12 +5,12 @@ The package is layered; each layer imports only those before it (a test keeps it
     errors, checks, settings, files, torchtools, plots   (the base: no pyrovae imports of their own)
     components   priors, likelihoods, guide families, networks: the plug-ins
     data         MNIST and your own data (files, named sets, Python objects), splits, transforms, batch plans
-    models       the model protocol and its registry; VAE, CVAE, structured-output CVAE, M2
+    models       the model protocol and its registry; VAE, autoencoders, CVAE, structured-output CVAE, M2
     inference    objectives (the ELBO with its terms, IWAE, free bits), importance weights, the KL weight
     training     the one trainer, its config, checkpoints and run folders, DDP
     evaluation   the one importance-sampling evaluator, its memory planner, latent statistics, baselines, samplers
     diagnostics  PSIS k-hat, NUTS reference, gaps, posterior collapse, the report
-    app          run folders end to end, figures, the command line
+    app          run folders end to end, figures, the comparison report, the command line
 """
 
 from .errors import (ArgumentTypeError, CheckpointError, ConfigError, DataError, PyroVAEError, RunDirError,
