@@ -15,8 +15,8 @@ The package is layered; each layer imports only those before it (a test keeps it
 
 from .errors import (ArgumentTypeError, CheckpointError, ConfigError, DataError, PyroVAEError, RunDirError,
                      UnsupportedError)
-from .models import (CVAE, M2, VAE, CVAEConfig, Family, LossRecord, M2Config, ModelConfig, Stage, StructuredConfig,
-                     StructuredCVAE, VAEConfig, register_family)
+from .models import (CVAE, M2, VAE, CVAEConfig, Family, HierarchicalConfig, HierarchicalVAE, LossRecord, M2Config,
+                     ModelConfig, Stage, StructuredConfig, StructuredCVAE, VAEConfig, register_family)
 from .components.plugins import register_guide, register_likelihood, register_prior
 from .training import RunConfig, TrainerConfig, fit, load_run
 from .data import DataConfig
@@ -24,7 +24,8 @@ from .evaluation import evaluate, log_likelihood
 
 __version__ = "0.2.0"
 __all__ = ["ArgumentTypeError", "CVAE", "CVAEConfig", "CheckpointError", "ConfigError", "DataConfig", "DataError",
-           "Family", "LossRecord", "M2", "M2Config", "ModelConfig", "PyroVAEError", "RunConfig", "RunDirError", "Stage",
+           "Family", "HierarchicalConfig", "HierarchicalVAE", "LossRecord", "M2", "M2Config", "ModelConfig",
+           "PyroVAEError", "RunConfig", "RunDirError", "Stage",
            "StructuredCVAE", "StructuredConfig", "TrainerConfig", "UnsupportedError", "VAE", "VAEConfig",
            "__version__", "evaluate", "fit", "load_run", "log_likelihood", "register_family", "register_guide",
            "register_likelihood", "register_prior"]

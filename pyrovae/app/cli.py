@@ -27,7 +27,8 @@ from typing import Any
 from ..components.plugins import REGISTRIES, PluginNames, plugin_example
 from ..data.config import DataConfig
 from ..errors import ConfigError, PyroVAEError
-from ..models import AutoencoderConfig, CVAEConfig, M2Config, ModelConfig, StructuredConfig, VAEConfig
+from ..models import (AutoencoderConfig, CVAEConfig, HierarchicalConfig, M2Config, ModelConfig, StructuredConfig,
+                      VAEConfig)
 from ..settings import make_config
 from ..training.config import EvaluationConfig, RunConfig, TrainerConfig
 from ..training.optim import flush_denormals
@@ -64,6 +65,10 @@ COMMANDS = {
                                                   "contractive) with the VAE's networks and likelihoods, then report "
                                                   "its reconstruction error and draw its figures", (AutoencoderConfig,),
                                    {"data.source": ["--data"]}, "ae-{variant}-z{z_dim}"),
+    "hierarchical": TrainingCommand("hierarchical", "train a VAE with several stochastic layers (--layers 64,32, "
+                                                    "bottom to top; --ladder for the ladder VAE's guide), then "
+                                                    "evaluate it and draw its figures", (HierarchicalConfig,),
+                                    {"data.source": ["--data"]}, "hierarchical"),
 }
 
 

@@ -174,10 +174,24 @@ def draw_generic_figures(model: Family, test: ImageDataset, history: list[dict],
     return draw_curves(history, run_dir)
 
 
+@torch.no_grad()
+def draw_hierarchical_figures(model: Family, test: ImageDataset, history: list[dict], run_dir: Path,
+                              seed: int = 0) -> list[Path]:
+    """A hierarchical VAE's: for images, reconstructions (at the guide's means) and top-down prior samples; then
+    the curves."""
+    written = []
+    if len(model.x_shape) == 3:
+        pyro.set_rng_seed(seed)
+        scale, x = display_scale(test), test.images[:64].to(device_of(model))
+        written = [plots.plot_reconstructions(x / scale, model.reconstruct(x) / scale, run_dir / "reconstructions.png"),
+                   plots.plot_samples(model.sample(64) / scale, run_dir / "samples.png")]
+    return written + draw_curves(history, run_dir)
+
+
 #: ``kind -> draw(model, test, history, run_dir, seed) -> [paths]``: the figures at the end of training.
 FIGURES: dict[str, Callable] = {"vae": draw_vae_figures, "autoencoder": draw_vae_figures,
                                 "cvae": draw_cvae_figures, "m2": draw_m2_figures,
-                                "structured-cvae": draw_structured_figures}
+                                "structured-cvae": draw_structured_figures, "hierarchical": draw_hierarchical_figures}
 
 
 def draw_figures(model: Family, test: ImageDataset, history: list[dict], run_dir: str | os.PathLike,

@@ -47,6 +47,21 @@ def program_arguments(model: Family, data) -> tuple:
     return model.program_args({k: v.to(device) for k, v in batch.items()})
 
 
+def _layer_statistics(model: Family, args: tuple, site: str, threshold: float, device) -> dict:
+    """``kl_nats_<site>`` (nats per data point; for a layer below the top, KL(q(z_l | ...) || p(z_l | z_{l+1})) at
+    one draw of the layers above, so the layers' values add up to the KL term), ``kl_per_dimension_nats_<site>``
+    and ``active_units_<site>`` of one latent site."""
+    out = {}
+    try:
+        per_dim = kl_per_dimension(model.model, model.guide, *args, device=device, site=site)
+        out[f"kl_nats_{site}"], out[f"kl_per_dimension_nats_{site}"] = float(per_dim.sum()), per_dim.tolist()
+    except UnsupportedError:  # a top-layer prior with no per-dimension split (VampPrior, flow)
+        out[f"kl_per_dimension_nats_{site}"] = None
+    au = active_units(model.model, model.guide, *args, threshold=threshold, device=device, site=site)
+    out[f"active_units_{site}"] = au["num_active"]
+    return out
+
+
 def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | None = None,
              device: torch.device | str | None = None, progress: bool | None = None, max_memory_gb: float = 4.0,
              probe_train=None, active_threshold: float = 0.01, latent_statistics: bool = True,
@@ -81,7 +96,8 @@ def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | N
           structured-output CVAE), each with ``*_stderr``;
         * with ``latent_statistics``: ``kl_per_dimension_nats`` (or None with the reason in
           ``kl_per_dimension_note``), ``active_units``, ``active_units_threshold``,
-          ``active_units_variance``;
+          ``active_units_variance``; for a family with several latent layers (``model.latent_sites``), each
+          layer's ``active_units_<site>``, ``kl_nats_<site>`` and ``kl_per_dimension_nats_<site>``;
         * with ``probe_train``: ``linear_probe``.
 
         With several processes (``context``) the other ranks than 0 return the log-likelihood part only.
@@ -128,6 +144,10 @@ def evaluate(model: Family, data, num_samples: int = 5000, *, max_chunk: int | N
                           site=model.latent_site)
         metrics.update(active_units=au["num_active"], active_units_threshold=au["threshold"],
                        active_units_variance=au["variance"].tolist())
+        for site in getattr(model, "latent_sites", ()):  # a hierarchical model: every layer's own
+            metrics.update(_layer_statistics(model, args, site, active_threshold, device))
+            if site == model.latent_site:  # the same statistics as above, not a second Monte Carlo draw of them
+                metrics[f"active_units_{site}"] = au["num_active"]
     if probe_train is not None and isinstance(data, ImageDataset):
         train_args = program_arguments(model, probe_train)
         metrics["linear_probe"] = linear_probe(model.model, model.guide, train_args, probe_train.labels, args,
