@@ -185,3 +185,26 @@ def test_a_family_without_masks_refuses_data_with_missing_entries(tmp_path):
     pd.DataFrame(_incomplete(), columns=list("abcd")).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(UnsupportedError, match="missing values"):
         runs.train_run(_config(tmp_path, kind="autoencoder"), tmp_path / "run", progress=False)
+
+
+# --- missingness patterns ---------------------------------------------------------------------------------------
+
+
+def test_mcar_hides_entries_at_the_rate_independently_of_their_values():
+    from pyrovae.data.missing import mcar
+    x = np.random.default_rng(0).normal(size=(4000, 5)).astype(np.float32)
+    hidden = np.isnan(mcar(x, 0.3, seed=1))
+    assert abs(hidden.mean() - 0.3) < 0.01
+    assert abs(x[hidden].mean()) < 0.05  # as many large values hidden as small ones
+    assert np.array_equal(hidden, np.isnan(mcar(torch.from_numpy(x), 0.3, seed=1).numpy()))  # tensors too
+    assert not np.isnan(x).any()  # a copy
+
+
+def test_self_masking_hides_only_values_above_the_column_mean():
+    from pyrovae.data.missing import mnar_self_masking
+    x = np.random.default_rng(0).normal(size=(4000, 3)) + [0, 5, -5]
+    hidden = np.isnan(mnar_self_masking(x, 0.6, seed=0))
+    above = x > x.mean(0)
+    assert not hidden[~above].any() and abs(hidden[above].mean() - 0.6) < 0.03
+    with pytest.raises(ConfigError, match="rate"):
+        mnar_self_masking(x, 1.5)

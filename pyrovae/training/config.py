@@ -123,7 +123,8 @@ class RunConfig(Settings):
         missing = data.get("missing") if isinstance(data, dict) else getattr(data, "missing", None)
         if (missing == "mask" and "masked_inputs" in type(model).model_fields and model.kind == "vae"
                 and "masked_inputs" not in model.model_fields_set and getattr(model, "network", "mlp") == "mlp"):
-            model = model.model_copy(update={"masked_inputs": True})  # the encoder reads the mask beside the zero-filled data
+            # the encoder reads the mask beside the zero-filled data (model_copy: the fields set stay those given)
+            model = model.model_copy(update={"masked_inputs": True})
         defaults = family_for(model.kind).trainer_defaults
         trainer = values.get("trainer")
         if trainer is None:
