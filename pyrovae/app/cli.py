@@ -329,6 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "checked); default: the run's own")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
+    im = sub.add_parser("impute", **_parser_options(
+        help="fill the missing cells of a table with a VAE trained on it (--missing mask): the importance-weighted "
+             "conditional mean, and with --multiple M, M tables of draws; observed cells are left as they are"))
+    im.add_argument("run_dir", help="a VAE run folder trained on a table")
+    im.add_argument("--data", required=True, metavar="PATH", help="the incomplete table (.csv or .tsv) with the "
+                                                                   "run's feature columns")
+    im.add_argument("--out", required=True, metavar="PATH", help="the completed table (.csv or .tsv)")
+    im.add_argument("--multiple", type=int, default=0, metavar="M",
+                    help="also write M tables of draws (OUT stem .1 ... .M) for multiple imputation")
+    im.add_argument("--num-samples", "-k", type=int, default=1000, help="importance draws of q(z | x_obs) per row")
+    im.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    im.add_argument("--which", choices=("last", "best"), default="last", help="which checkpoint imputes")
+    im.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
     pl = sub.add_parser("plugins", **_parser_options(
         help="list every prior, likelihood and guide family by name, with its options and their defaults"))
     pl.add_argument("kind", nargs="?", choices=tuple(REGISTRIES), default=None, help="only this kind")
@@ -413,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(result["files"]))
         elif args.command == "plugins":
             print(plugins_text(args.kind), end="")
+        elif args.command == "impute":
+            print(json.dumps(runs.impute_run(args.run_dir, args.data, args.out, args.multiple, args.num_samples,
+                                             args.seed, args.which, args.device), indent=2))
         elif args.command == "diagnose":
             result = runs.diagnose_run(
                 args.run_dir, args.out, args.data_dir, args.device, which=args.which, num_images=args.num_images,

@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 
@@ -379,3 +380,83 @@ def check_output_folder(out: str | os.PathLike | None, run_dir: str | os.PathLik
     if _own_file_of_a_run(path):
         raise ConfigError(f"--out {out} is named as a run folder's own file ({path.name}); give another folder")
     return path
+
+
+#: Cell texts a table reader takes for a missing value (pandas' defaults, the ones tables commonly use).
+_MISSING_TEXTS = ("", "NA", "N/A", "NaN", "nan", "-nan", "NULL", "null", "None", "n/a", "<NA>")
+
+
+def impute_run(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, multiple: int = 0,
+               num_samples: int = 1000, seed: int = 0, which: str = "last", device: str = "cpu") -> dict:
+    """``pyrovae impute``: fill the missing cells of a table with a trained VAE (see
+    :func:`pyrovae.evaluation.imputation.impute`), in the data's own units.
+
+    The table (``.csv``, ``.tsv``) must hold the run's feature columns (``data.json``'s names; other columns, a
+    label column say, are copied as they are). Its missing cells (empty, ``NA``, ``NaN``, ...) are replaced by
+    the importance-weighted conditional mean, transformed back to the data's units with the transform fitted at
+    training time; every other cell is written back with the text it had, byte for byte. With ``multiple`` = M,
+    M more tables ``<out stem>.1<suffix>`` ... ``.M`` hold draws of the missing cells (sampling importance
+    resampling), for multiple-imputation analyses.
+
+    Returns:
+        ``{"out": [paths], "rows", "filled": {column: number of cells filled}, "effective_sample_size": median}``.
+
+    Raises:
+        UnsupportedError: the run's model takes no mask, or it was not trained on a table (no feature names).
+        DataError: the table cannot be read, lacks feature columns, or has non-numeric observed cells.
+        ConfigError, RunDirError: ``out`` as for :func:`check_sample_path` (a new ``.csv`` or ``.tsv`` file, not a
+            run folder's own file or the run's data).
+    """
+    import pandas as pd
+
+    from ..evaluation.imputation import impute
+
+    path = Path(data)
+    suffix = Path(out).suffix.lower()
+    out = check_sample_path(out, run_dir, suffix if suffix in (".csv", ".tsv") else ".csv")
+    model, config, _ = load_run(run_dir, resolve_device(device), which)
+    info = read_data_info(run_dir)
+    if info is None or not info.feature_names:
+        raise UnsupportedError(f"{run_dir} was not trained on a table with named columns; impute fills tables "
+                               "(use pyrovae.evaluation.imputation.impute on tensors)")
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        text = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as e:
+        raise DataError(f"{path}: cannot read it as a table ({str(e).strip()})") from e
+    features = list(info.feature_names)
+    absent = [c for c in features if c not in text.columns]
+    if absent:
+        raise DataError(f"{path}: no column(s) {', '.join(absent[:5])} of the {len(features)} this run was trained "
+                        f"on; its columns are {', '.join(map(str, text.columns[:8]))}")
+    cells = text[features]
+    missing = cells.isin(_MISSING_TEXTS).to_numpy()
+    try:
+        values = cells.mask(missing).astype(np.float32).to_numpy()
+    except ValueError as e:
+        raise DataError(f"{path}: a feature column holds text that is not a number ({e})") from None
+    x = torch.from_numpy(values).reshape(len(values), *info.x_shape)
+    mask = torch.from_numpy(~missing).reshape(x.shape).float()
+    fitted = info.fitted
+    seen = fitted(x) if fitted is not None else x
+    result = impute(model, seen.masked_fill(mask == 0, 0.0), mask, num_samples=num_samples,
+                    num_imputations=multiple, seed=seed)
+
+    def write(filled: torch.Tensor, target: Path) -> None:
+        units = (fitted.inverse(filled) if fitted is not None else filled).reshape(len(values), -1).numpy()
+        table = text.copy()
+        for j, column in enumerate(features):
+            rows = missing[:, j]
+            if rows.any():
+                table.loc[rows, column] = [format(float(v), ".7g") for v in units[rows, j]]
+        table.to_csv(target, sep="\t" if target.suffix.lower() == ".tsv" else ",", index=False)
+
+    write(result["imputed"], out)
+    paths = [str(out)]
+    for m in range(multiple):
+        target = out.with_name(f"{out.stem}.{m + 1}{out.suffix}")
+        write(result["draws"][m], target)
+        paths.append(str(target))
+    return {"out": paths, "rows": len(values),
+            "filled": {c: int(missing[:, j].sum()) for j, c in enumerate(features)},
+            "effective_sample_size": float(result["ess"].median())}

@@ -87,7 +87,7 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.nn.functional import logsigmoid, softplus
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, UnsupportedError
 from ..torchtools import inverse_softplus
 
 #: What each value of a likelihood's ``support`` class attribute means: the data x it takes.
@@ -1089,6 +1089,87 @@ class Categorical(nn.Module):
         log_freq = torch.log((counts + 0.5) / (counts.sum(-1, keepdim=True) + 0.5 * k))
         for level in range(k):
             _set_bias(output_layer, k, level, log_freq[:, level])
+
+
+class MaskedDistribution(dist.TorchDistribution):
+    r"""A likelihood's distribution over x that counts the observed entries only.
+
+    For ``d`` = ``base.to_event(len(x_shape))`` (the contract of every likelihood plug-in) and a mask
+    ``m`` (1 observed, 0 missing, broadcast against the value),
+
+    .. math::
+
+        \log p_m(x) = \sum_{i} m_i \log p(x_i),
+
+    the log-density of the observed entries alone, because the entries are independent given the
+    decoder's output: a missing entry's value changes neither the log-density nor its gradients (its term
+    is replaced by 0 before the sum, so a NaN or infinite term there does not leak through). ``sample``,
+    ``rsample``, ``mean`` and ``variance`` are those of ``d`` (draws of every entry, e.g. for imputation).
+
+    Args:
+        d: an ``Independent`` distribution whose base has event shape ``()``, batch shape ``(*batch,
+            *x_shape)``.
+        mask: ``(..., *x_shape)`` of 0 and 1 (float or bool), broadcastable to ``d``'s batch and event shape.
+
+    References:
+        Mattei & Frellsen (2019), *MIWAE: Deep Generative Modelling and Imputation of Incomplete Data
+        Sets*, ICML (the masked likelihood of their Eq. 4).
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(self, d: dist.Independent, mask: torch.Tensor):
+        self.d, self.mask = d, mask
+        super().__init__(d.batch_shape, d.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.d.support
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.d.has_rsample
+
+    def expand(self, batch_shape, _instance=None):
+        return MaskedDistribution(self.d.expand(batch_shape), self.mask)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        per_entry = self.d.base_dist.log_prob(value)
+        per_entry = per_entry.masked_fill(self.mask == 0, 0.0)
+        return per_entry.flatten(per_entry.dim() - len(self.event_shape)).sum(-1) if self.event_shape else per_entry
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self.d.sample(sample_shape)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        return self.d.rsample(sample_shape)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.d.mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self.d.variance
+
+
+def masked(d: dist.TorchDistribution, mask: torch.Tensor | None) -> dist.TorchDistribution:
+    """``d`` (a likelihood plug-in's distribution, event shape ``x_shape``) with only the entries where
+    ``mask`` is 1 counted in its log-density (:class:`MaskedDistribution`); ``d`` itself when ``mask`` is
+    None.
+
+    Raises:
+        UnsupportedError: ``d`` is not built as ``base.to_event(len(x_shape))`` with a base of event shape
+            ``()`` (its entries are not separate factors, so one cannot be left out).
+    """
+    if mask is None:
+        return d
+    if not (isinstance(d, torch.distributions.Independent) and d.base_dist.event_shape == torch.Size()):
+        raise UnsupportedError(f"a likelihood whose distribution is {type(d).__name__} with base event shape "
+                               f"{tuple(getattr(getattr(d, 'base_dist', d), 'event_shape', ()))} cannot leave out "
+                               "missing entries: missing values need a likelihood built as base.to_event(len(x_shape))"
+                               " over independent entries")
+    return MaskedDistribution(d, mask)
 
 
 LIKELIHOODS = {

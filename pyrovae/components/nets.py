@@ -33,15 +33,26 @@ def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Seque
 
 
 class MLPEncoder(nn.Module):
-    """``x (*batch, *x_shape) -> features (*batch, out_features)`` through ReLU hidden layers."""
+    """``x (*batch, *x_shape) -> features (*batch, out_features)`` through ReLU hidden layers.
 
-    def __init__(self, x_shape: Sequence[int], hidden: Sequence[int], out_features: int):
+    With ``masked_inputs`` (for data with missing entries) it reads the zero-filled ``x`` concatenated with
+    its ``mask (*batch, *x_shape)`` (1 observed, 0 missing; all ones when not given), so that its input layer
+    has twice the inputs and tells a missing entry from an observed 0 (Mattei & Frellsen 2019; Nazabal et al.
+    2020).
+    """
+
+    def __init__(self, x_shape: Sequence[int], hidden: Sequence[int], out_features: int, masked_inputs: bool = False):
         super().__init__()
-        self.x_shape = tuple(x_shape)
-        self.net = mlp([math.prod(self.x_shape), *hidden, out_features])
+        self.x_shape, self.masked_inputs = tuple(x_shape), bool(masked_inputs)
+        self.net = mlp([math.prod(self.x_shape) * (2 if self.masked_inputs else 1), *hidden, out_features])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(start_dim=x.dim() - len(self.x_shape)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        flat = x.flatten(start_dim=x.dim() - len(self.x_shape))
+        if self.masked_inputs:
+            m = torch.ones_like(flat) if mask is None else mask.to(flat.dtype).flatten(start_dim=mask.dim() -
+                                                                                     len(self.x_shape))
+            flat = torch.cat([flat, m.expand_as(flat)], -1)
+        return self.net(flat)
 
 
 class MLPDecoder(nn.Module):
@@ -117,14 +128,20 @@ def _check_conv_shape(x_shape: Sequence[int]) -> None:
 
 
 def build_networks(network: str, x_shape: Sequence[int], z_dim: int, encoder_features: int,
-                   decoder_params: int, hidden: Sequence[int] = (512, 512)) -> tuple[nn.Module, nn.Module]:
-    """The encoder/decoder pair named ``network`` (``"mlp"`` or ``"conv"``).
+                   decoder_params: int, hidden: Sequence[int] = (512, 512),
+                   masked_inputs: bool = False) -> tuple[nn.Module, nn.Module]:
+    """The encoder/decoder pair named ``network`` (``"mlp"`` or ``"conv"``); ``masked_inputs``: the MLP
+    encoder also reads the missing-value mask (see :class:`MLPEncoder`).
 
     Raises:
-        ConfigError: unknown ``network``, or a conv network on images whose sides are not divisible by 4.
+        ConfigError: unknown ``network``, or a conv network on images whose sides are not divisible by 4;
+            ``masked_inputs`` with the conv network.
     """
+    if masked_inputs and network != "mlp":
+        raise ConfigError(f"masked_inputs (an encoder that reads the missing-value mask) is for network='mlp', not "
+                          f"{network!r}")
     if network == "mlp":
-        return (MLPEncoder(x_shape, hidden, encoder_features),
+        return (MLPEncoder(x_shape, hidden, encoder_features, masked_inputs),
                 MLPDecoder(z_dim, hidden, x_shape, decoder_params))
     if network == "conv":
         _check_conv_shape(x_shape)

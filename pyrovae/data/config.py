@@ -40,6 +40,12 @@ class DataConfig(Settings):
     Grey-level images (uint8: MNIST, IDX files, image folders) are binarized or dequantized as
     ``binarization`` says, the held-out splits once with seed 0; other data goes through ``transform``,
     fitted on the training split.
+
+    ``missing="mask"`` (tables and arrays, not images or files streamed from disk): NaN entries, or the
+    entries an explicit boolean mask passed in Python marks False (``(x, mask)`` or ``{"x", "mask"}``), are
+    missing. The transform is fitted on the observed entries only, missing entries are zero-filled after it,
+    and every split carries a float ``mask`` ``(n, *x_shape)`` (1 observed, 0 missing) beside ``x``, which
+    reaches every batch as ``"mask"`` and the model as an argument.
     """
 
     source: str = Field("mnist", description="mnist, a named set (digits, breast_cancer, wine, pbmc68k_reduced) or a "
@@ -58,6 +64,9 @@ class DataConfig(Settings):
     validation_size: int = Field(0, ge=0, description="training data points held out for validation (0: none)")
     train_size: Optional[PositiveInt] = Field(None, description="train on the first N training data points only")
     test_size: Optional[PositiveInt] = Field(None, description="test on the first N test data points only")
+    missing: Literal["refuse", "mask"] = Field(
+        "refuse", description="missing values (NaN) in a table or array: refuse them, or mask them (the model's "
+                              "likelihood counts observed entries only; see pyrovae impute)")
 
     @pydantic.field_validator("source")
     @classmethod
@@ -155,19 +164,26 @@ def _grey(x: np.ndarray, binarization: str, seed: int) -> tuple[torch.Tensor, st
 
 def _integer_valued(chunks) -> bool:
     for x in chunks:
+        x = x[~torch.isnan(x)]  # missing entries (missing="mask") say nothing of the type
         if not torch.equal(x, x.round()):
             return False
     return True
 
 
-def _check_complete(x: torch.Tensor, what: str, feature_names) -> None:
+def _check_complete(x: torch.Tensor, what: str, feature_names, allow_nan: bool = False) -> None:
     bad = ~torch.isfinite(x)
+    if allow_nan:
+        bad = bad & ~torch.isnan(x)
     if bad.any():
         per_feature = bad.reshape(bad.shape[0], -1).sum(0)
         worst = torch.nonzero(per_feature).flatten()[:5].tolist()
         names = [feature_names[i] if feature_names else f"feature {i}" for i in worst]
+        if allow_nan:
+            raise DataError(f"{what}: {int(bad.sum())} infinite values, e.g. in {', '.join(names)}: a missing value is "
+                            "NaN (an empty cell); replace the infinite ones by NaN or by numbers")
         raise DataError(f"{what}: {int(bad.sum())} missing or infinite values (NaN/inf), e.g. in {', '.join(names)}: "
-                        "pyrovae's likelihoods need complete data; drop or impute those rows or columns first")
+                        "pyrovae's likelihoods need complete data; train with missing='mask' (--missing mask) to mask "
+                        "them, or drop or impute those rows or columns first")
 
 
 def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTransform | None = None,
@@ -199,6 +215,9 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
             raise ConfigError(f"{', '.join(changed)} do not apply to MNIST (its own test split, binarization for its "
                               "images); they are for --data sources")
         return _mnist(config, seed)
+    masking = config.missing == "mask"
+    if data is not None:
+        data = _with_nan_for_mask(data, masking)
     src: Source = read_source(config.source if data is None else data, config.data_options if data is None else None)
     n = len(src.x)
     rng = np.random.default_rng(config.split_seed)
@@ -256,6 +275,9 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
         if "binarization" in config.model_fields_set and config.binarization != "dynamic":
             raise ConfigError(f"binarization={config.binarization!r} is for grey-level images (uint8); this data is "
                               f"{src.x.dtype}: use transform (none, standardize, log1p, binarize)")
+        if masking and not isinstance(src.x, np.ndarray):
+            raise ConfigError("missing='mask' needs the data in memory; this source is streamed from disk (.npy, "
+                              "backed .h5ad): load it into memory (np.load) and pass the array")
         if not isinstance(src.x, np.ndarray):  # rows read from disk (.npy, backed .h5ad)
             train = ArrayDataset(src.x, None if src.labels is None else torch.from_numpy(src.labels[train_rows]),
                                  rows=train_rows, **names)
@@ -264,20 +286,20 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
             train = ArrayDataset(torch.from_numpy(np.ascontiguousarray(x)), labels, **names)
         sample = train if train.in_memory else train.subset(slice(0, min(len(train), 20_000)))
         for chunk in sample.chunks():  # all of it in memory; the first 20,000 rows of a file streamed from disk
-            _check_complete(chunk, f"{config.source} (training split)", src.feature_names)
+            _check_complete(chunk, f"{config.source} (training split)", src.feature_names, masking)
         if fitted is None:
             kind = choose_transform(config.transform, _integer_valued(sample.chunks()))
             fitted = fit_transform(kind, train.chunks())
-        train = _apply(train, fitted)
+        train = _masked(_apply(train, fitted), masking)
         validation = None
         if len(val_rows):
             vx, vy = take(val_rows)
             vx = torch.from_numpy(np.asarray(vx, dtype=np.float32))
-            _check_complete(vx, f"{config.source} (validation split)", src.feature_names)
-            validation = _apply(ArrayDataset(vx, vy, **names), fitted)
+            _check_complete(vx, f"{config.source} (validation split)", src.feature_names, masking)
+            validation = _masked(_apply(ArrayDataset(vx, vy, **names), fitted), masking)
         test = ArrayDataset(torch.from_numpy(np.asarray(test_x, dtype=np.float32)), test_y, **names)
-        _check_complete(test.x, f"{config.source} (test split)", src.feature_names)
-        test = _apply(test, fitted)
+        _check_complete(test.x, f"{config.source} (test split)", src.feature_names, masking)
+        test = _masked(_apply(test, fitted), masking)
         binarization, transform = None, fitted.to_dict()
     num_classes = (len(src.label_names) if src.label_names else int(src.labels.max()) + 1) if src.labels is not None \
         else None
@@ -289,6 +311,49 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
                     list(src.label_names) if src.label_names else None, num_classes,
                     max(float(chunk.max()) for chunk in train.subset(slice(0, min(len(train), 20_000))).chunks()))
     return train, validation, test, info
+
+
+def _with_nan_for_mask(data, masking: bool):
+    """Python data with an explicit boolean mask, ``(x, mask)`` or ``{"x", "mask"[, "y"]}`` (True: observed), as
+    ``x`` with NaN where the mask is False (which :func:`prepare_data` turns back into the mask). Other data is
+    returned as it is. A pair is read as ``(x, mask)`` only when its second part is a boolean array of ``x``'s
+    shape (else it is ``(x, labels)``).
+
+    Raises:
+        ConfigError: a mask with ``missing="refuse"``. DataError: a mask of another shape than ``x``.
+    """
+    if isinstance(data, dict) and "mask" in data:
+        x, mask, rest = data["x"], data["mask"], {k: v for k, v in data.items() if k not in ("x", "mask")}
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and _is_bool(data[1]) and \
+            np.shape(data[1]) == np.shape(data[0]) and np.ndim(data[1]) > 1:
+        x, mask, rest = data[0], data[1], {}
+    else:
+        return data
+    if not masking:
+        raise ConfigError("the data comes with a mask of missing entries; train with missing='mask' "
+                          "(DataConfig(missing='mask'), --missing mask) to use it")
+    x = np.array(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    mask = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)
+    if mask.shape != x.shape:
+        raise DataError(f"the mask has shape {mask.shape}, x has shape {x.shape}: give one entry per value of x "
+                        "(True: observed)")
+    x[~mask.astype(bool)] = np.nan
+    return {"x": x, **rest}
+
+
+def _is_bool(v) -> bool:
+    return (isinstance(v, torch.Tensor) and v.dtype == torch.bool) or (isinstance(v, np.ndarray) and v.dtype == bool)
+
+
+def _masked(data: ArrayDataset, masking: bool) -> ArrayDataset:
+    """With ``masking``: the float mask of the observed (non-NaN) entries kept beside ``x``, and ``x``
+    zero-filled where missing (after the transform, so a missing entry reads as the training mean of a
+    standardized feature)."""
+    if masking:
+        observed = ~torch.isnan(data.x)
+        data.mask = observed.to(data.x.dtype)
+        data.x = torch.where(observed, data.x, torch.zeros((), dtype=data.x.dtype))
+    return data
 
 
 def _apply(data: ArrayDataset, fitted: FittedTransform) -> ArrayDataset:

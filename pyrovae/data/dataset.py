@@ -135,6 +135,8 @@ class ArrayDataset:
         feature_names, label_names: optional names of the features (of a table) and of the classes.
         fitted: the transform fitted on the training split that turned the data's own units into these
             values (its ``inverse`` maps samples and reconstructions back); None when there is none.
+        mask: ``(n, *x_shape)`` float32, 1 where an entry is observed and 0 where it is missing (``x`` holds 0
+            there), for data read with ``missing="mask"`` (in memory only); None for complete data.
     """
 
     x: torch.Tensor | NpyRows
@@ -145,6 +147,7 @@ class ArrayDataset:
     label_names: tuple[str, ...] | None = None
     rows: np.ndarray | None = field(default=None, repr=False)  # on disk: the file rows this split holds
     fitted: object | None = field(default=None, repr=False)
+    mask: torch.Tensor | None = field(default=None, repr=False)
 
     def in_data_units(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` the model gives (samples, reconstructions, ``(n, *x_shape)``) in the data's own units."""
@@ -196,9 +199,11 @@ class ArrayDataset:
         return self.x.float() / (255.0 if self.x.dtype == torch.uint8 else 1.0)
 
     def batch(self, index: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The batch at ``index``: ``{"x": self.get(index, generator), "y": labels}`` (no ``"y"`` without
-        labels)."""
+        """The batch at ``index``: ``{"x": self.get(index, generator), "y": labels, "mask": mask}`` (no ``"y"``
+        without labels, no ``"mask"`` without a mask)."""
         batch = {"x": self.get(index, generator)}
+        if self.mask is not None:
+            batch["mask"] = self.mask[index]
         if self.labels is not None:
             batch["y"] = self.labels[index]
         return batch
@@ -211,7 +216,8 @@ class ArrayDataset:
         labels = None if self.labels is None else self.labels[index]
         if self.in_memory:
             return ArrayDataset(self.x[index], labels, self.binarization, self.transform, self.feature_names,
-                                self.label_names, fitted=self.fitted)
+                                self.label_names, fitted=self.fitted,
+                                mask=None if self.mask is None else self.mask[index])
         rows = self.rows[index.numpy()] if self.rows is not None else index.numpy()
         return ArrayDataset(self.x, labels, self.binarization, self.transform, self.feature_names, self.label_names,
                             rows=np.asarray(rows), fitted=self.fitted)

@@ -92,25 +92,32 @@ def fit_transform(kind: str, chunks: Iterable[torch.Tensor]) -> FittedTransform:
     """Fit ``kind`` (not ``auto``) on the training split, given as chunks ``(m, *x_shape)`` of it (one pass;
     float64 sums, so a split on disk is never held in memory).
 
-    A feature with zero spread is scaled by 1 (it stays constant, not NaN).
+    A feature with zero spread is scaled by 1 (it stays constant, not NaN). NaN entries (missing values) are
+    left out: each feature's statistics are those of its observed entries.
 
     Raises:
         DataError: an empty split.
     """
     if kind in ("none", "log1p"):
         return FittedTransform(kind)
-    n, total, squares, largest = 0, None, None, None
+    n, total, squares, largest = None, None, None, None
     for x in chunks:
         x = x.double()
-        n += x.shape[0]
+        observed = ~torch.isnan(x)  # missing entries (missing="mask") are left out of every statistic
+        count = observed.sum(0)
+        x = torch.where(observed, x, torch.zeros((), dtype=x.dtype))
+        n = count if n is None else n + count
         total = x.sum(0) if total is None else total + x.sum(0)
         squares = (x * x).sum(0) if squares is None else squares + (x * x).sum(0)
-        top = x.max()
+        top = x.masked_fill(~observed, -torch.inf).max()
         largest = top if largest is None else torch.maximum(largest, top)
-    if n == 0:
-        raise DataError("the training split is empty: there is nothing to fit a transform to")
+    if n is None or int(n.max()) == 0:
+        raise DataError("the training split is empty (or wholly missing): there is nothing to fit a transform to")
     if kind == "binarize":
         return FittedTransform(kind, threshold=float(largest) / 2)
+    if int(n.min()) == 0:
+        raise DataError(f"{int((n == 0).sum())} feature(s) have no observed value in the training split: drop them, "
+                        "or hold out fewer rows")
     mean = total / n
     var = (squares / n - mean * mean).clamp(min=0)
     scale = torch.where(var > 0, var.sqrt(), torch.ones_like(var))

@@ -137,6 +137,7 @@ class Autoencoder(VAE):
     kind = "autoencoder"
     config_class = AutoencoderConfig
     defines_likelihood: ClassVar[bool] = False
+    takes_mask: ClassVar[bool] = False
     log_likelihood_of: ClassVar[str] = "none (an autoencoder defines no density of x)"
 
     def __init__(self, *args, variant: str = "plain", corruption: str = "masking", corruption_level: float = 0.3,

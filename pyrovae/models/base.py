@@ -137,6 +137,8 @@ class Family(nn.Module):
         test_each_epoch: whether the trainer also reports the held-out metrics of the test split after
             every epoch (M2 does, for the tutorial's protocol of the test accuracy at the epoch of best
             validation accuracy; the test split is never used to choose anything).
+        takes_mask: whether its programs take a missing-value mask (data read with ``missing="mask"``); a
+            family that does not is refused such data by :meth:`check_dataset`.
         log_likelihood_of: what the importance-sampled log-likelihood of its programs is, for reports
             (``"log p(x)"``, ``"log p(x | y)"``, ...).
         defines_likelihood: whether its programs define a density of the data (False for an autoencoder:
@@ -153,6 +155,7 @@ class Family(nn.Module):
     log_likelihood_of: ClassVar[str] = "log p(x)"
     defines_likelihood: ClassVar[bool] = True
     trainer_defaults: ClassVar[dict] = {}
+    takes_mask: ClassVar[bool] = False
 
     config: ModelConfig
 
@@ -203,7 +206,13 @@ class Family(nn.Module):
         """:meth:`check_data` on a split: on all of its data points when they are stored in memory as the
         model sees them, else on the first 1000 (after their random transform, drawn with a generator of its
         own, so the run's random draws are untouched; or as read from disk for a split streamed from a file,
-        which is not read whole)."""
+        which is not read whole).
+
+        Raises:
+            UnsupportedError: the split has missing entries (a ``mask``) and the family takes no mask."""
+        if getattr(data, "mask", None) is not None and not self.takes_mask:
+            raise UnsupportedError(f"the {self.kind} model does not take missing values (data read with "
+                                   "missing='mask'); train a VAE on it, or impute the data first")
         try:
             first = data.get(torch.arange(min(len(data), 1000)), torch.Generator().manual_seed(seed))
             self.check_data(first)

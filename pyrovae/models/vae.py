@@ -26,13 +26,13 @@ from torch import nn
 
 from .. import checks
 from ..components.guides import DiagonalNormal
-from ..components.likelihoods import Bernoulli
+from ..components.likelihoods import Bernoulli, masked
 from ..components.nets import build_networks
 from ..components.plugins import build_plugin, check_plugin, fitting_likelihoods
 from ..components.priors import StandardNormal, check_prior
 from ..errors import ArgumentTypeError, DataError
 from ..torchtools import parameter_count
-from .base import Family, ModelConfig, data_plate, register_family
+from .base import Batch, Family, ModelConfig, data_plate, register_family
 
 
 def check_dtype(x: torch.Tensor, model: nn.Module) -> None:
@@ -105,6 +105,8 @@ class VAEConfig(PlugInConfig):
     kind: Literal["vae"] = "vae"
     network: Literal["mlp", "conv"] = Field("mlp", description="encoder/decoder pair")
     hidden: tuple[PositiveInt, ...] = Field((512, 512), description="MLP hidden sizes (the decoder mirrors them)")
+    masked_inputs: bool = Field(False, description="the MLP encoder also reads the missing-value mask (on by default "
+                                                   "when the data's missing='mask')")
 
 
 @register_family
@@ -121,6 +123,15 @@ class VAE(Family):
         likelihood: p(x|z), see :mod:`pyrovae.components.likelihoods` (default ``Bernoulli``).
         guide_family: q(z|x), see :mod:`pyrovae.components.guides` (default ``DiagonalNormal``).
         encoder, decoder: networks of your own, with the shapes of :mod:`pyrovae.components.nets`.
+        masked_inputs: the encoder also reads the missing-value mask: the MLP encoder's input doubles (x
+            zero-filled, then the mask); an encoder of your own is called as ``encoder(x, mask)``.
+
+    **Missing values.** ``model(x, mask)`` and ``guide(x, mask)`` take a mask ``(batch, *x_shape)`` (1
+    observed, 0 missing; ``x`` holds any finite value, 0 by convention, where it is 0): the likelihood counts
+    the observed entries only (:func:`pyrovae.components.likelihoods.masked`), a data point with nothing
+    observed is masked out of the likelihood site (``poutine.mask``), so no value and no gradient comes from
+    a missing entry. The ELBO is then that of the observed part, and the IWAE objective over these programs is
+    MIWAE (Mattei & Frellsen 2019). Batches with a ``"mask"`` pass it (:meth:`program_args`).
 
     Raises:
         ConfigError: ``z_dim``, an ``x_shape`` entry or a ``hidden`` size below 1; the prior's event shape is
@@ -144,9 +155,10 @@ class VAE(Family):
     def __init__(self, z_dim: int = 50, x_shape: Sequence[int] = (1, 28, 28), network: str = "mlp",
                  hidden: Sequence[int] = (512, 512), prior: nn.Module | None = None,
                  likelihood: nn.Module | None = None, guide_family: nn.Module | None = None,
-                 encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+                 encoder: nn.Module | None = None, decoder: nn.Module | None = None, masked_inputs: bool = False):
         super().__init__()
         self.config = None
+        self.masked_inputs = bool(masked_inputs)
         self.z_dim, self.x_shape = checks.positive_int(z_dim, "z_dim"), checks.sizes(x_shape, "x_shape", 1)
         hidden = checks.sizes(hidden, "hidden")
         self.prior = prior if prior is not None else StandardNormal(self.z_dim)
@@ -167,34 +179,50 @@ class VAE(Family):
 
     def _networks(self, network: str, hidden: Sequence[int]) -> tuple[nn.Module, nn.Module]:
         return build_networks(network, self.x_shape, self.z_dim, self.guide_family.num_features(self.z_dim),
-                              self.likelihood.num_params, hidden)
+                              self.likelihood.num_params, hidden, self.masked_inputs)
 
     @classmethod
     def from_config(cls, config: VAEConfig) -> "VAE":
         vae = cls(z_dim=config.z_dim, x_shape=config.x_shape, network=config.network, hidden=config.hidden,
-                  **config.build_plugins())
+                  masked_inputs=config.masked_inputs, **config.build_plugins())
         vae.config = config
         return vae
 
     # --- the Pyro program -------------------------------------------------------------------------
 
-    def model(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        """p(z) p(x|z) for a batch ``x (batch, *x_shape)``; ``num_data`` is the data-set size when ``x``
-        is a mini-batch of it (scales the ELBO to the whole set). Weigh the KL term by beta with
-        :func:`pyrovae.inference.kl_weight`. Returns z ``(batch, z_dim)``."""
+    #: VAEs train on data with missing entries (a batch's ``"mask"``).
+    takes_mask = True
+
+    def model(self, x: torch.Tensor, mask: torch.Tensor | None = None, num_data: int | None = None) -> torch.Tensor:
+        """p(z) p(x|z) for a batch ``x (batch, *x_shape)``; ``mask`` ``(batch, *x_shape)`` (1 observed, 0
+        missing; None: all observed) leaves the missing entries out of the likelihood; ``num_data`` is the
+        data-set size when ``x`` is a mini-batch of it (scales the ELBO to the whole set). Weigh the KL term by
+        beta with :func:`pyrovae.inference.kl_weight`. Returns z ``(batch, z_dim)``."""
         with data_plate(x, num_data):
             z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            likelihood = masked(self.likelihood(self.decoder(z)), mask)
+            if mask is None:
+                pyro.sample("x", likelihood, obs=x)
+            else:  # a data point with no observed entry has no likelihood term at all
+                with pyro.poutine.mask(mask=mask.flatten(1).any(-1)):
+                    pyro.sample("x", likelihood, obs=x)
         return z
 
-    def guide(self, x: torch.Tensor, num_data: int | None = None) -> torch.Tensor:
-        """q(z|x) for a batch ``x (batch, *x_shape)``. Returns z ``(batch, z_dim)``."""
+    def guide(self, x: torch.Tensor, mask: torch.Tensor | None = None, num_data: int | None = None) -> torch.Tensor:
+        """q(z|x) for a batch ``x (batch, *x_shape)`` (with ``mask``, q(z | x_obs): the encoder reads the
+        zero-filled x, and the mask too with ``masked_inputs``). Returns z ``(batch, z_dim)``."""
+        if mask is not None:  # whatever a missing entry holds, the encoder reads 0 there
+            x = x.masked_fill(mask == 0, 0.0)
         with data_plate(x, num_data):
-            return pyro.sample("z", self.guide_family(self.encoder(x)))
+            return pyro.sample("z", self.guide_family(self.guide_features(x, mask)))
 
-    def guide_features(self, x: torch.Tensor) -> torch.Tensor:
+    def guide_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The encoder's output h(x) ``(batch, num_features)`` that the guide family reads."""
-        return self.encoder(x)
+        return self.encoder(x, mask) if self.masked_inputs else self.encoder(x)
+
+    def program_args(self, batch: Batch) -> tuple:
+        """``(x,)``, or ``(x, mask)`` for a batch with missing entries."""
+        return (batch["x"], batch["mask"]) if "mask" in batch and self.takes_mask else (batch["x"],)
 
     # --- what users call ----------------------------------------------------------------------------
 
@@ -209,7 +237,7 @@ class VAE(Family):
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The parameters of q(z|x): for the default guide ``{"loc", "scale"}``, each ``(batch, z_dim)``."""
         self.check_data(x)
-        return self.guide_family.params(self.encoder(x))
+        return self.guide_family.params(self.guide_features(x))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.distributions.Distribution:

@@ -119,6 +119,12 @@ class RunConfig(Settings):
         elif not isinstance(model, ModelConfig):
             raise ValueError(f"model must be a model config (e.g. pyrovae.VAEConfig()) or a dict with its kind, "
                              f"got {type(model).__name__}")
+        data = values.get("data")
+        missing = data.get("missing") if isinstance(data, dict) else getattr(data, "missing", None)
+        if (missing == "mask" and "masked_inputs" in type(model).model_fields and model.kind == "vae"
+                and "masked_inputs" not in model.model_fields_set and getattr(model, "network", "mlp") == "mlp"):
+            # the encoder reads the mask beside the zero-filled data (model_copy: the fields set stay those given)
+            model = model.model_copy(update={"masked_inputs": True})
         defaults = family_for(model.kind).trainer_defaults
         trainer = values.get("trainer")
         if trainer is None:
