@@ -255,14 +255,20 @@ def sample_cvae(cvae: CVAE | M2, run_dir: Path, n: int, seed: int, out: str | No
 
 
 def write_csv(values: torch.Tensor, test: ImageDataset | None, path: Path, label=None, label_names=None) -> Path:
-    """``values (n, *x_shape)`` in the data's units as CSV (feature names as the header; a label column)."""
+    """``values (n, *x_shape)`` in the data's units as CSV (feature names as the header; a label column); a
+    mixed-type table's (``test.schema``) in its own types: category labels, integers for counts and binary."""
     import pandas as pd
 
     from ..files import atomic_write_text
     values = (test.in_data_units(values) if test is not None else values).flatten(1).cpu().numpy()
     names = (test.feature_names if test is not None and test.feature_names else
              [f"feature_{j}" for j in range(values.shape[1])])
-    frame = pd.DataFrame(values, columns=list(names))
+    if getattr(test, "schema", None):  # a mixed-type table: category labels, whole counts
+        from ..data.schema import decode_table
+        frame = decode_table(values, test.schema)
+        frame.columns = list(names)
+    else:
+        frame = pd.DataFrame(values, columns=list(names))
     if label is not None:
         codes = label.cpu().numpy()
         frame.insert(0, "label", [label_names[c] for c in codes] if label_names else codes)

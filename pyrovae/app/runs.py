@@ -222,7 +222,7 @@ def units_of(info: DataInfo) -> ArrayDataset:
     point, the largest value of the training split (for the display scale of images)."""
     top = torch.full((1, *info.x_shape), float(info.max_value if info.max_value is not None else 1.0))
     return ArrayDataset(top, None, info.binarization or "none", feature_names=info.feature_names,
-                        label_names=info.label_names, fitted=info.fitted)
+                        label_names=info.label_names, fitted=info.fitted, schema=info.schema)
 
 
 def _test_set(run_dir, config: RunConfig, data_dir: str | None, data=None) -> ImageDataset:
@@ -394,7 +394,9 @@ def impute_run(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | o
     The table (``.csv``, ``.tsv``) must hold the run's feature columns (``data.json``'s names; other columns, a
     label column say, are copied as they are). Its missing cells (empty, ``NA``, ``NaN``, ...) are replaced by
     the importance-weighted conditional mean, transformed back to the data's units with the transform fitted at
-    training time; every other cell is written back with the text it had, byte for byte. With ``multiple`` = M,
+    training time; every other cell is written back with the text it had, byte for byte (a run on a mixed-type
+    table, ``data.json``'s ``schema``, reads and writes category labels, the most probable class, and writes
+    counts and binary cells as integers). With ``multiple`` = M,
     M more tables ``<out stem>.1<suffix>`` ... ``.M`` hold draws of the missing cells (sampling importance
     resampling), for multiple-imputation analyses.
 
@@ -431,10 +433,14 @@ def impute_run(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | o
                         f"on; its columns are {', '.join(map(str, text.columns[:8]))}")
     cells = text[features]
     missing = cells.isin(_MISSING_TEXTS).to_numpy()
-    try:
-        values = cells.mask(missing).astype(np.float32).to_numpy()
-    except ValueError as e:
-        raise DataError(f"{path}: a feature column holds text that is not a number ({e})") from None
+    if info.schema is not None:  # mixed types: category labels to codes, one DataError naming a bad column
+        from ..data.schema import encode_frame
+        values = encode_frame(cells.mask(missing), info.schema, str(path))[0]
+    else:
+        try:
+            values = cells.mask(missing).astype(np.float32).to_numpy()
+        except ValueError as e:
+            raise DataError(f"{path}: a feature column holds text that is not a number ({e})") from None
     x = torch.from_numpy(values).reshape(len(values), *info.x_shape)
     mask = torch.from_numpy(~missing).reshape(x.shape).float()
     fitted = info.fitted
@@ -445,10 +451,14 @@ def impute_run(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | o
     def write(filled: torch.Tensor, target: Path) -> None:
         units = (fitted.inverse(filled) if fitted is not None else filled).reshape(len(values), -1).numpy()
         table = text.copy()
+        if info.schema is not None:  # category labels, whole counts
+            from ..data.schema import cell_texts
+            texts = cell_texts(units, info.schema)
         for j, column in enumerate(features):
             rows = missing[:, j]
             if rows.any():
-                table.loc[rows, column] = [format(float(v), ".7g") for v in units[rows, j]]
+                table.loc[rows, column] = ([texts[j][i] for i in np.flatnonzero(rows)] if info.schema is not None
+                                           else [format(float(v), ".7g") for v in units[rows, j]])
         table.to_csv(target, sep="\t" if target.suffix.lower() == ".tsv" else ",", index=False)
 
     write(result["imputed"], out)

@@ -1187,3 +1187,7 @@ LIKELIHOODS = {
     "zero_inflated_negative_binomial": ZeroInflatedNegativeBinomial,
     "binomial": Binomial,
 }
+
+from .mixed import MixedLikelihood  # noqa: E402 - it builds on the helpers above
+
+LIKELIHOODS["mixed"] = MixedLikelihood

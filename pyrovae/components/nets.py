@@ -129,9 +129,10 @@ def _check_conv_shape(x_shape: Sequence[int]) -> None:
 
 def build_networks(network: str, x_shape: Sequence[int], z_dim: int, encoder_features: int,
                    decoder_params: int, hidden: Sequence[int] = (512, 512),
-                   masked_inputs: bool = False) -> tuple[nn.Module, nn.Module]:
+                   masked_inputs: bool = False, input_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
     """The encoder/decoder pair named ``network`` (``"mlp"`` or ``"conv"``); ``masked_inputs``: the MLP
-    encoder also reads the missing-value mask (see :class:`MLPEncoder`).
+    encoder also reads the missing-value mask (see :class:`MLPEncoder`); ``input_shape``: the MLP encoder's
+    input shape when it is not ``x_shape`` (a likelihood with ``encoder_inputs``, e.g. one-hot categories).
 
     Raises:
         ConfigError: unknown ``network``, or a conv network on images whose sides are not divisible by 4;
@@ -141,7 +142,7 @@ def build_networks(network: str, x_shape: Sequence[int], z_dim: int, encoder_fea
         raise ConfigError(f"masked_inputs (an encoder that reads the missing-value mask) is for network='mlp', not "
                           f"{network!r}")
     if network == "mlp":
-        return (MLPEncoder(x_shape, hidden, encoder_features, masked_inputs),
+        return (MLPEncoder(input_shape or x_shape, hidden, encoder_features, masked_inputs),
                 MLPDecoder(z_dim, hidden, x_shape, decoder_params))
     if network == "conv":
         _check_conv_shape(x_shape)

@@ -81,7 +81,7 @@ class DataConfig(Settings):
 
 
 #: Data options that name files (made absolute like the source).
-PATH_OPTIONS = ("labels", "test", "test_labels")
+PATH_OPTIONS = ("labels", "test", "test_labels", "schema")
 
 
 def _absolute(path: str) -> str:
@@ -97,6 +97,7 @@ class DataInfo:
         source: the config's ``source``; provenance: its file's sha256 or its package and version.
         x_shape, sizes (``train``, ``validation``, ``test``), test_rows_sha256 (of the test rows' indices:
         the split is the recorded one), binarization (grey-level images) or transform (fitted, as a dict),
+        schema (the column types of a mixed-type table, :mod:`pyrovae.data.schema`, or None),
         feature_names, label_names, num_classes, max_value (the largest value of the training split as the
         model sees it, from its first 20,000 data points; for the display of images).
     """
@@ -112,6 +113,7 @@ class DataInfo:
     label_names: list | None = None
     num_classes: int | None = None
     max_value: float | None = None
+    schema: list | None = None
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -287,6 +289,8 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
         sample = train if train.in_memory else train.subset(slice(0, min(len(train), 20_000)))
         for chunk in sample.chunks():  # all of it in memory; the first 20,000 rows of a file streamed from disk
             _check_complete(chunk, f"{config.source} (training split)", src.feature_names, masking)
+        if fitted is None and src.schema is not None:
+            fitted = _schema_transform(config.transform, src.schema, train.chunks())
         if fitted is None:
             kind = choose_transform(config.transform, _integer_valued(sample.chunks()))
             fitted = fit_transform(kind, train.chunks())
@@ -309,8 +313,28 @@ def prepare_data(config: DataConfig, seed: int = 0, data=None, fitted: FittedTra
                     None if test_rows is None else _rows_hash(test_rows), binarization, transform,
                     list(src.feature_names) if src.feature_names else None,
                     list(src.label_names) if src.label_names else None, num_classes,
-                    max(float(chunk.max()) for chunk in train.subset(slice(0, min(len(train), 20_000))).chunks()))
+                    max(float(chunk.max()) for chunk in train.subset(slice(0, min(len(train), 20_000))).chunks()),
+                    src.schema)
     return train, validation, test, info
+
+
+def _schema_transform(kind: str, schema: list, chunks) -> FittedTransform:
+    """The transform of a mixed-type table: ``auto`` or ``standardize`` standardizes the real columns (fitted
+    on the training split's observed entries) and leaves every other column (codes, counts, 0/1, positive
+    values) as it is; ``none`` leaves all as they are.
+
+    Raises:
+        ConfigError: ``log1p`` or ``binarize``, which would break the column types."""
+    if kind == "none":
+        return FittedTransform("none")
+    if kind not in ("auto", "standardize"):
+        raise ConfigError(f"transform={kind!r} does not apply to a table with a schema (mixed types); use auto "
+                          "(standardize the real columns) or none")
+    fitted = fit_transform("standardize", chunks)
+    real = [c["type"] == "real" for c in schema]
+    fitted.mean = [m if r else 0.0 for m, r in zip(fitted.mean, real)]
+    fitted.scale = [s if r else 1.0 for s, r in zip(fitted.scale, real)]
+    return fitted
 
 
 def _with_nan_for_mask(data, masking: bool):

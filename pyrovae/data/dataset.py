@@ -137,6 +137,8 @@ class ArrayDataset:
             values (its ``inverse`` maps samples and reconstructions back); None when there is none.
         mask: ``(n, *x_shape)`` float32, 1 where an entry is observed and 0 where it is missing (``x`` holds 0
             there), for data read with ``missing="mask"`` (in memory only); None for complete data.
+        schema: the column types of a mixed-type table (:mod:`pyrovae.data.schema`), for writing samples back
+            with category labels; None otherwise.
     """
 
     x: torch.Tensor | NpyRows
@@ -148,6 +150,7 @@ class ArrayDataset:
     rows: np.ndarray | None = field(default=None, repr=False)  # on disk: the file rows this split holds
     fitted: object | None = field(default=None, repr=False)
     mask: torch.Tensor | None = field(default=None, repr=False)
+    schema: list | None = field(default=None, repr=False)
 
     def in_data_units(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` the model gives (samples, reconstructions, ``(n, *x_shape)``) in the data's own units."""

@@ -44,7 +44,9 @@ SOURCE_OPTIONS = {
            "labels_key": "the labels' key (default 'y' or 'labels' when present)"},
     "table": {"label": "the column of class labels (not a feature)", "sep": "the field separator (default by suffix)",
               "drop": "comma-separated columns to leave out (e.g. an id)",
-              "header": "false: the first row is data, not column names"},
+              "header": "false: the first row is data, not column names",
+              "schema": "auto: infer column types (real, count, binary, categorical with text labels; "
+                        "pyrovae.data.schema), or a schema JSON file; for --likelihood mixed"},
     "h5ad": {"layer": "the layer to read (default X)", "label": "an obs column of class labels",
              "raw": "true: read .raw",
              "stream": "true: read cells from disk a batch at a time, AnnData's backed mode (default: over 2 GiB)"},
@@ -65,6 +67,8 @@ class Source:
         labels: ``(n,)`` int64 or None.
         test: the source's own test split ``(x, labels)``, or None (then a seeded fraction is held out).
         feature_names, label_names: names where the source has them.
+        schema: the column types of a table read with the ``schema`` option (:mod:`pyrovae.data.schema`;
+            categorical columns are then integer codes in ``x``), else None.
         provenance: JSON-able: ``{"kind", "path", "sha256"}`` for files, ``{"kind": "named", "package",
             "version"}`` for named sets, ``{"kind": "python", "type"}`` for objects.
     """
@@ -75,6 +79,7 @@ class Source:
     feature_names: tuple[str, ...] | None = None
     label_names: tuple[str, ...] | None = None
     provenance: dict = field(default_factory=dict)
+    schema: list | None = None
 
     @property
     def grey_levels(self) -> bool:
@@ -296,13 +301,19 @@ def _read_table(path: Path, options: dict) -> Source:
         if (codes < 0).any():
             raise DataError(f"{path}: the label column {column!r} has {(codes < 0).sum()} missing values")
         labels, label_names = codes.astype(np.int64), tuple(map(str, names))
+    if options.get("schema") not in (None, False, "none"):  # mixed types: categories become codes
+        from .schema import encode_frame, infer_schema, read_schema
+        schema = infer_schema(frame) if options["schema"] == "auto" else read_schema(options["schema"])
+        x, schema = encode_frame(frame, schema, str(path))
+        return Source(x, labels, feature_names=tuple(map(str, frame.columns)), label_names=label_names, schema=schema)
     text = [str(c) for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c]) and not
             pd.api.types.is_bool_dtype(frame[c])]
     if text:
         shown = ", ".join(map(repr, text[:5])) + (" ..." if len(text) > 5 else "")
         raise DataError(f"{path}: non-numeric column(s) {shown}: "
                         "every feature must be a number. Name a class column with --data-option label=COLUMN, leave "
-                        "others out with --data-option drop=A,B, or encode categories as numbers")
+                        "others out with --data-option drop=A,B, or model them as categories with --likelihood mixed "
+                        "--data-option schema=auto")
     if frame.shape[1] == 0 or frame.shape[0] == 0:
         raise DataError(f"{path}: the table has no feature columns or no rows")
     x = frame.to_numpy(dtype=np.float32)

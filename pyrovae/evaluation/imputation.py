@@ -11,7 +11,9 @@ importance weights
 
   .. math:: \hat x_m = \sum_k w_k \, \mathbb{E}[x_m | z_k] \approx \mathbb{E}[x_m | x_o],
 
-  which is consistent as K grows (Mattei & Frellsen's Eq. 9);
+  which is consistent as K grows (Mattei & Frellsen's Eq. 9); for the mixed-type likelihood
+  (:mod:`pyrovae.components.mixed`) the point of each type instead: the most probable class of a binary,
+  categorical or ordinal entry under the weighted mixture sum_k w_k p(x_m | z_k), the rounded mean of a count;
 * **multiple imputation** is sampling importance resampling: M indices k_1..k_M drawn with probabilities
   w, then x_m^{(j)} ~ p(x_m | z_{k_j}), approximately draws of p(x_m | x_o); the per-entry predictive
   interval at ``level`` is the interval between their (1 - level)/2 and (1 + level)/2 quantiles.
@@ -87,9 +89,14 @@ def impute(model, x: torch.Tensor, mask: torch.Tensor, num_samples: int = 1000, 
             mc = mask[start:start + batch_size].to(device=device, dtype=xc.dtype)
             weights = importance_weights(model.model, model.guide, num_samples, xc, mc)
             w = torch.softmax(weights.log_weights, dim=0)  # (K, b)
-            means = weights.model_trace.nodes["x"]["fn"].mean  # (K, b, *x_shape): E[x | z_k]
-            w_x = w.reshape(*w.shape, *([1] * (means.dim() - 2)))
-            imputed.append((w_x * means).sum(0).cpu())
+            fn = weights.model_trace.nodes["x"]["fn"]
+            base = getattr(getattr(fn, "d", fn), "base_dist", None)
+            if hasattr(base, "weighted_point"):  # mixed types: the most probable class of a categorical, ...
+                imputed.append(base.weighted_point(w).reshape(xc.shape).cpu())
+            else:
+                means = fn.mean  # (K, b, *x_shape): E[x | z_k]
+                w_x = w.reshape(*w.shape, *([1] * (means.dim() - 2)))
+                imputed.append((w_x * means).sum(0).cpu())
             ess.append((1.0 / w.pow(2).sum(0)).cpu())
             if num_imputations:
                 z = weights.values[model.latent_site]  # (K, b, z_dim)

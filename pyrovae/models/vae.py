@@ -179,7 +179,8 @@ class VAE(Family):
 
     def _networks(self, network: str, hidden: Sequence[int]) -> tuple[nn.Module, nn.Module]:
         return build_networks(network, self.x_shape, self.z_dim, self.guide_family.num_features(self.z_dim),
-                              self.likelihood.num_params, hidden, self.masked_inputs)
+                              self.likelihood.num_params, hidden, self.masked_inputs,
+                              getattr(self.likelihood, "input_shape", None))
 
     @classmethod
     def from_config(cls, config: VAEConfig) -> "VAE":
@@ -217,7 +218,10 @@ class VAE(Family):
             return pyro.sample("z", self.guide_family(self.guide_features(x, mask)))
 
     def guide_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The encoder's output h(x) ``(batch, num_features)`` that the guide family reads."""
+        """The encoder's output h(x) ``(batch, num_features)`` that the guide family reads. A likelihood with
+        ``encoder_inputs(x, mask)`` (the mixed-type one: one-hot categories) makes the encoder's inputs."""
+        if hasattr(self.likelihood, "encoder_inputs"):
+            x, mask = self.likelihood.encoder_inputs(x, mask)
         return self.encoder(x, mask) if self.masked_inputs else self.encoder(x)
 
     def program_args(self, batch: Batch) -> tuple:

@@ -281,6 +281,12 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
                  "num_classes": None if info is None else info.num_classes}  # the source's classes, all splits
     update = {k: v for k, v in from_data.items() if v is not None and k in type(config.model).model_fields
               and k not in config.model.model_fields_set and getattr(config.model, k) != v}
+    likelihood_options = getattr(config.model, "likelihood_options", None)
+    if getattr(config.model, "likelihood", None) == "mixed" and "schema" not in likelihood_options:
+        if info is None or info.schema is None:  # the mixed likelihood's column types come from the data
+            raise ConfigError("the mixed likelihood needs the table's column types: read it with --data-option "
+                              "schema=auto (inferred) or schema=FILE.json (DataConfig(data_options={'schema': ...}))")
+        update["likelihood_options"] = {**likelihood_options, "schema": info.schema}
     if update:
         config = config.model_copy(update={"model": config.model.replace(**update)})
     size = {k: v for k, v in config.model.model_dump().items() if k in ("z_dim", "hidden", "x_shape")}
