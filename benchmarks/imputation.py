@@ -44,12 +44,16 @@ def load(name: str) -> np.ndarray:
     return (x - x.mean(0)) / x.std(0)
 
 
-def train_miwae(x: np.ndarray, mask: np.ndarray, seed: int, epochs: int, k: int = 20) -> tuple[VAE, dict]:
+def train_miwae(x: np.ndarray, mask: np.ndarray, seed: int, epochs: int, k: int = 20,
+                likelihood=None) -> tuple[VAE, dict]:
+    """A VAE trained with MIWAE (K = ``k``) on ``x`` (NaN or anything where ``mask`` is False); ``likelihood``
+    (default: a Normal with a learned scale) is built after the seed is set."""
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)
     n, d = x.shape
     xt, mt = torch.tensor(np.nan_to_num(x), dtype=torch.float32), torch.tensor(mask, dtype=torch.float32)
-    vae = VAE(z_dim=8, x_shape=(d,), hidden=(128, 128), likelihood=Normal((d,), learned_scale=True),
+    vae = VAE(z_dim=8, x_shape=(d,), hidden=(128, 128),
+              likelihood=Normal((d,), learned_scale=True) if likelihood is None else likelihood(),
               masked_inputs=True)
     perm = torch.randperm(n)
     val, tr = perm[: n // 10], perm[n // 10:]
