@@ -344,9 +344,11 @@ def test_registry_names_are_snake_case_and_build_models_by_name():
                                            L.NegativeBinomial, L.ZeroInflatedNegativeBinomial}
     for name, cls in L.LIKELIHOODS.items():
         assert re.fullmatch(r"[a-z0-9]+(_[a-z0-9]+)*", name)
-        lik = cls((6,))
+        options = {"schema": [{"type": "real", "columns": 6}]} if name == "mixed" else {}  # it needs the table's types
+        lik = cls((6,), **options)
         assert isinstance(lik, torch.nn.Module) and lik.num_params >= 1 and callable(lik.check_support)
-        vae = VAE.from_config(VAEConfig(likelihood=name, x_shape=(6,), hidden=(8,), z_dim=2))
+        vae = VAE.from_config(VAEConfig(likelihood=name, likelihood_options=options, x_shape=(6,), hidden=(8,),
+                                        z_dim=2))
         assert type(vae.likelihood) is cls
 
 

@@ -402,6 +402,11 @@ IN_SUPPORT = {
     "counts": lambda x, lik: ((x >= 0) & (x == x.round())).all(),
     "bounded_counts": lambda x, lik: ((x >= 0) & (x <= lik.total_count) & (x == x.round())).all(),
     "levels": lambda x, lik: ((x >= 0) & (x <= lik.num_levels - 1) & (x == x.round())).all(),
+    "mixed": lambda x, lik: all(IN_SUPPORT[{"real": "real", "positive": "real", "count": "counts", "binary": "binary",
+                                            "categorical": "levels", "ordinal": "levels"}[c["type"]]](
+        x[..., j], type("Levels", (), {"num_levels": c.get("num_classes")})) and (c["type"] != "positive" or
+                                                                                  (x[..., j] > 0).all())
+        for j, c in enumerate(lik.schema)),
 }
 
 EXPECTED_SUPPORT = {
@@ -409,25 +414,44 @@ EXPECTED_SUPPORT = {
     "student_t": "real", "beta": "open_unit_interval", "categorical_256": "grey_levels",
     "discretized_logistic": "grey_levels", "categorical": "levels", "poisson": "counts",
     "negative_binomial": "counts", "zero_inflated_negative_binomial": "counts", "binomial": "bounded_counts",
+    "mixed": "mixed",
 }
 
 
-def test_support_descriptions_cover_the_eight_supports():
+def test_support_descriptions_cover_the_nine_supports():
     assert set(L.SUPPORT_DESCRIPTIONS) == set(IN_SUPPORT)
     assert all(isinstance(v, str) and v for v in L.SUPPORT_DESCRIPTIONS.values())
 
 
 def test_every_likelihood_class_in_the_module_names_its_support():
-    classes = [cls for _, cls in inspect.getmembers(L, inspect.isclass) if issubclass(cls, torch.nn.Module)
-               and cls.__module__ == L.__name__ and not cls.__name__.startswith("_")]
+    from pyrovae.components import mixed
+    classes = [cls for module in (L, mixed) for _, cls in inspect.getmembers(module, inspect.isclass)
+               if issubclass(cls, torch.nn.Module) and cls.__module__ == module.__name__
+               and not cls.__name__.startswith("_")]
     assert set(L.LIKELIHOODS.values()) <= set(classes)
     for cls in classes:
         assert isinstance(cls.support, str) and cls.support in L.SUPPORT_DESCRIPTIONS, cls
     assert {name: cls.support for name, cls in L.LIKELIHOODS.items()} == EXPECTED_SUPPORT
 
 
+MIXED_SCHEMA = [{"type": "real"}, {"type": "positive"}, {"type": "count"}, {"type": "binary"},
+                {"type": "categorical", "num_classes": 3}, {"type": "ordinal", "num_classes": 4}]
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_SUPPORT))
 def test_the_support_is_truthful_samples_lie_in_it_and_check_support_agrees(name):
+    if name == "mixed":  # a table's columns, one type each (it needs its schema)
+        lik = L.LIKELIHOODS[name]((6,), schema=MIXED_SCHEMA)
+        x = lik(torch.randn(64, lik.num_params, 6)).sample()
+        assert IN_SUPPORT["mixed"](x, lik)
+        lik.check_support(x)
+        for j, bad in ((2, 0.5), (3, 2.0), (4, 3.0), (5, -1.0)):
+            y = x.clone()
+            y[0, j] = bad
+            assert not IN_SUPPORT["mixed"](y, lik)
+            with pytest.raises(ValueError, match=f"column 'column {j}'"):
+                lik.check_support(y)
+        return
     lik = L.LIKELIHOODS[name]((2, 3))
     x = lik(torch.randn(64, lik.num_params, 2, 3)).sample()
     assert IN_SUPPORT[lik.support](x, lik)

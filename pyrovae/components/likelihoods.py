@@ -39,6 +39,8 @@ name                                class                                 num_pa
 ``negative_binomial``               :class:`NegativeBinomial`             2          counts 0, 1, 2, ...
 ``zero_inflated_negative_binomial`` :class:`ZeroInflatedNegativeBinomial` 3          counts 0, 1, 2, ...
 ``binomial``                        :class:`Binomial`                     1          counts 0, 1, ..., total_count
+``mixed``                           :class:`~.mixed.MixedLikelihood`      max per    a table of mixed column types
+                                                                          column     (needs its ``schema``)
 =================================== ===================================== ========== ================================
 
 Example, a likelihood of your own: a Normal whose scale is one learned parameter per dimension,
@@ -100,6 +102,7 @@ SUPPORT_DESCRIPTIONS = {
     "counts": "non-negative whole-number counts 0, 1, 2, ...",
     "bounded_counts": "whole-number counts 0, 1, ..., total_count",
     "levels": "whole-number levels 0, 1, ..., num_levels - 1",
+    "mixed": "a table's columns, each in its schema type's support (reals, positive values, counts, 0/1, codes 0..K-1)",
 }
 
 
@@ -1187,7 +1190,3 @@ LIKELIHOODS = {
     "zero_inflated_negative_binomial": ZeroInflatedNegativeBinomial,
     "binomial": Binomial,
 }
-
-from .mixed import MixedLikelihood  # noqa: E402 - it builds on the helpers above
-
-LIKELIHOODS["mixed"] = MixedLikelihood

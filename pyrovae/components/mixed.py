@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.nn.functional import one_hot, softplus
 
-from ..data.schema import CODED, normalize_schema
+from ..columns import CODED, normalize_schema
 from ..errors import ConfigError, DataError
 from ..torchtools import inverse_softplus
 from .likelihoods import _check_finite, set_output_bias
@@ -104,7 +104,8 @@ class MixedEntries(dist.TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
-        return MixedEntries(self.groups, [p.expand(batch_shape[:-1] + p.batch_shape[-1:]) for p in self.parts], self.dtype)
+        parts = [p.expand(batch_shape[:-1] + p.batch_shape[-1:]) for p in self.parts]
+        return MixedEntries(self.groups, parts, self.dtype)
 
     def _value(self, group: dict, value: torch.Tensor) -> torch.Tensor:
         """The group's cells of ``value`` made valid for its distribution (a zero-filled missing cell of a

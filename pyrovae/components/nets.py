@@ -129,7 +129,8 @@ def _check_conv_shape(x_shape: Sequence[int]) -> None:
 
 def build_networks(network: str, x_shape: Sequence[int], z_dim: int, encoder_features: int,
                    decoder_params: int, hidden: Sequence[int] = (512, 512),
-                   masked_inputs: bool = False, input_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
+                   masked_inputs: bool = False,
+                   input_shape: Sequence[int] | None = None) -> tuple[nn.Module, nn.Module]:
     """The encoder/decoder pair named ``network`` (``"mlp"`` or ``"conv"``); ``masked_inputs``: the MLP
     encoder also reads the missing-value mask (see :class:`MLPEncoder`); ``input_shape``: the MLP encoder's
     input shape when it is not ``x_shape`` (a likelihood with ``encoder_inputs``, e.g. one-hot categories).

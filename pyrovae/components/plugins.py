@@ -27,7 +27,10 @@ import typing
 from ..errors import ArgumentTypeError, ConfigError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
+from .mixed import MixedLikelihood
 from .priors import PRIORS
+
+LIKELIHOODS.setdefault("mixed", MixedLikelihood)  # defined beside likelihoods.py, on its helpers
 
 #: What each kind of plug-in is built from (its constructor's first argument) and its registry.
 REGISTRIES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}

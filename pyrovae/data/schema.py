@@ -3,10 +3,10 @@ models and that brings samples and imputations back in the table's own types and
 
 A schema is a list of column entries in table order, each a dict::
 
-    {"name": "alcohol", "type": "real"}                     # any finite number (Normal; "distribution": "student_t")
-    {"name": "proline", "type": "positive"}                 # > 0 (log-Normal; "distribution": "gamma")
-    {"name": "visits", "type": "count"}                     # 0, 1, 2, ... (Poisson; "distribution": "negative_binomial")
-    {"name": "smoker", "type": "binary"}                    # 0/1 (Bernoulli)
+    {"name": "alcohol", "type": "real"}          # any finite number (Normal; "distribution": "student_t")
+    {"name": "proline", "type": "positive"}      # > 0 (log-Normal; "distribution": "gamma")
+    {"name": "visits", "type": "count"}          # 0, 1, 2, ... (Poisson; "distribution": "negative_binomial")
+    {"name": "smoker", "type": "binary"}         # 0/1 (Bernoulli)
     {"name": "colour", "type": "categorical", "categories": ["blue", "green", "red"]}
     {"name": "grade", "type": "ordinal", "categories": ["low", "mid", "high"]}   # ordered categories
 
@@ -31,79 +31,12 @@ sorted labels seen in the table. The run folder keeps the schema in ``data.json`
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
+from ..columns import CODED, TYPES, label_text, normalize_schema
 from ..errors import ConfigError, DataError
-
-#: The column types and, for each, the distributions the likelihood offers (the first is the default).
-TYPES = {
-    "real": ("normal", "student_t"),
-    "positive": ("lognormal", "gamma"),
-    "count": ("poisson", "negative_binomial"),
-    "binary": ("bernoulli",),
-    "categorical": ("categorical",),
-    "ordinal": ("cumulative_logit",),
-}
-CODED = ("categorical", "ordinal")
-
-
-def label_text(value) -> str:
-    """A category label as text: whole numbers without a decimal point (3.0 and 3 are both ``"3"``)."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def normalize_schema(schema) -> list[dict]:
-    """``schema`` (a list of column entries or groups, or ``{"columns": [...]}``) as a list of column entries
-    with ``type``, ``distribution`` and (categorical, ordinal) ``categories`` or ``num_classes`` filled in.
-
-    Raises:
-        ConfigError: not a list of dicts; an unknown type or distribution; a categorical with fewer than 2
-            categories.
-    """
-    if isinstance(schema, dict) and "columns" in schema:
-        schema = schema["columns"]
-    if not isinstance(schema, (list, tuple)) or not schema:
-        raise ConfigError(f"a schema is a non-empty list of column entries like {{'name': 'age', 'type': 'real'}}, "
-                          f"got {schema!r:.80}")
-    out = []
-    for entry in schema:
-        if not isinstance(entry, dict) or "type" not in entry:
-            raise ConfigError(f"schema entry {entry!r:.80} needs a 'type' ({', '.join(TYPES)})")
-        if "columns" in entry:  # a group
-            columns = entry["columns"]
-            names = [None] * columns if isinstance(columns, int) else list(columns)
-            rest = {k: v for k, v in entry.items() if k != "columns"}
-            out += normalize_schema([{**rest, "name": name} if name is not None else rest for name in names])
-            continue
-        kind = entry["type"]
-        if kind not in TYPES:
-            raise ConfigError(f"schema column {entry.get('name')!r}: type {kind!r} is unknown; choose one of "
-                              f"{', '.join(TYPES)}")
-        column = dict(entry)
-        column.setdefault("distribution", TYPES[kind][0])
-        if column["distribution"] not in TYPES[kind]:
-            raise ConfigError(f"schema column {entry.get('name')!r}: a {kind} column's distribution is one of "
-                              f"{', '.join(TYPES[kind])}, not {column['distribution']!r}")
-        if kind in CODED:
-            if "categories" in column and column["categories"] is not None:
-                column["categories"] = [label_text(c) for c in column["categories"]]
-                column["num_classes"] = len(column["categories"])
-            k = column.get("num_classes")
-            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 2):
-                raise ConfigError(f"schema column {entry.get('name')!r}: a {kind} column needs at least 2 categories, "
-                                  f"got {k!r}")
-        out.append(column)
-    return out
-
 
 def infer_schema(frame) -> list[dict]:
     """The schema of a pandas ``frame`` by the rule in this module's docstring (missing values ignored)."""
