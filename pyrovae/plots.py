@@ -160,11 +160,13 @@ def plot_feature_histograms(data: np.ndarray, reconstructions: np.ndarray, sampl
             ax.set_axis_off()
             continue
         values = np.concatenate([data[:, j], reconstructions[:, j], samples[:, j]])
-        lo, hi = np.nanpercentile(values, [0.5, 99.5])
+        values = values[np.isfinite(values)]  # missing entries (NaN) of the data are left out
+        lo, hi = np.percentile(values, [0.5, 99.5])
         bins = np.linspace(lo, hi + 1e-9, 30)
         for a, label, style in ((data, "test data", "stepfilled"), (reconstructions, "reconstructions", "step"),
                                 (samples, "draws of p(x)", "step")):
-            ax.hist(a[:, j], bins=bins, density=True, histtype=style, alpha=0.4 if style == "stepfilled" else 1,
+            column = a[:, j][np.isfinite(a[:, j])]
+            ax.hist(column, bins=bins, density=True, histtype=style, alpha=0.4 if style == "stepfilled" else 1,
                     label=label)
         ax.set_title(str(names[j])[:28] if names is not None else f"feature {j}", fontsize=8)
         ax.tick_params(labelsize=6)
@@ -178,8 +180,8 @@ def plot_correlations(data: np.ndarray, samples: np.ndarray, path) -> Path:
     """The feature correlation matrices of ``data`` and of model ``samples`` (each ``(n, d)``) side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     for ax, a, title in ((axes[0], data, "test data"), (axes[1], samples, "draws of p(x)")):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            c = np.nan_to_num(np.corrcoef(a, rowvar=False))
+        import pandas as pd
+        c = np.nan_to_num(pd.DataFrame(a).corr().to_numpy())  # pairwise over observed entries (NaN: missing)
         im = ax.imshow(c, cmap="RdBu_r", vmin=-1, vmax=1)
         ax.set_title(f"correlations: {title}")
     fig.colorbar(im, ax=axes, shrink=0.8)

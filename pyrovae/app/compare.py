@@ -10,6 +10,7 @@ interpolations between the same test pairs, samples. Written to ``OUT/report.md`
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from ..errors import ConfigError, UnsupportedError
 from ..evaluation.samplers import SampleReader, encode_all, fit_latent_gmm, sample_codes
 from ..files import atomic_write_text
 from ..torchtools import device_of
-from ..training.checkpoint import load_run, read_data_info, read_metrics
+from ..errors import RunDirError
+from ..files import ensure_writable_dir
+from ..training.checkpoint import CHECKPOINT, CONFIG, load_run, read_data_info, read_metrics, read_run_config
 from .runs import run_data
 
 PAIRS = ((0, 1), (2, 3), (4, 5))
@@ -54,11 +57,20 @@ def compare_runs(run_dirs: list[str | os.PathLike], out: str | os.PathLike, test
     if len(run_dirs) < 2:
         raise ConfigError("compare takes two or more run folders")
     checks.positive_int(test_size, "test_size")
+    ensure_writable_dir(out)
+    if any((Path(out) / name).exists() for name in (CONFIG, CHECKPOINT)):
+        raise RunDirError(f"--out {out} is a run folder; the report goes into a folder of its own")
     infos = [read_data_info(d) for d in run_dirs]
-    keys = {(i.source, i.test_rows_sha256) if i is not None else ("mnist", None) for i in infos}
-    if len(keys) > 1:
-        raise ConfigError(f"the runs were trained on different data ({sorted(map(str, keys))}): compare runs on the "
-                          "same data and split")
+    keys = {(i.source, i.test_rows_sha256, json.dumps(i.transform, sort_keys=True), i.binarization,
+             tuple(i.x_shape)) if i is not None else ("mnist",) for i in infos}
+    same = ("source", "data_options", "binarization", "transform", "test_fraction", "split_seed", "missing")
+    configs = {json.dumps({k: v for k, v in read_run_config(d).data.to_dict().items() if k in same}, sort_keys=True)
+               for d in run_dirs}
+    if len(keys) > 1 or len(configs) > 1:
+        raise ConfigError("the runs were trained on different data (source, split, transform or binarization "
+                          "differ): compare runs on the same data and split")
+    if any(read_run_config(d).data.missing == "mask" for d in run_dirs):
+        raise UnsupportedError("compare does not take runs trained with missing entries (--missing mask) yet")
     models = []
     for d in run_dirs:
         model, config, _ = load_run(d, device)

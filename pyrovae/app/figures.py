@@ -18,6 +18,7 @@ import torch
 from .. import plots
 from ..data.mnist import ImageDataset
 from ..errors import ConfigError, UnsupportedError
+from ..evaluation.samplers import encode_all
 from ..models import CVAE, M2, VAE, Family, StructuredCVAE
 from ..models.structured import split_quadrants
 from ..torchtools import device_of
@@ -41,20 +42,25 @@ def display_scale(test: ImageDataset) -> float:
 
 @torch.no_grad()
 def _latent_means(model, test: ImageDataset) -> torch.Tensor:
-    device = device_of(model)
-    return torch.cat([model.encode(test.images[i:i + 2000].to(device))["loc"].cpu() for i in range(0, len(test), 2000)])
+    return encode_all(model, test)
 
 
 @torch.no_grad()
 def draw_table_figures(vae: VAE, test: ImageDataset, run_dir: Path) -> list[Path]:
     """Data that is not images: per-feature histograms of the test data, its reconstructions (the mean of p(x|z)
     at the mean of q(z|x)) and draws x ~ p(x|z), z ~ p(z), and their correlation matrices, all in the data's
-    own units; for count data (integer values, no transform) also the mean-variance plot of data and draws."""
+    own units; for count data (integer values, no transform) also the mean-variance plot of data and draws. With
+    missing entries the encoder reads the observed ones, and the data's histograms and correlations count only
+    those (missing entries are NaN there)."""
     device = device_of(vae)
     x = test.images[:2000].to(device)
     n = len(x)
+    mask = None if getattr(test, "mask", None) is None else test.mask[:n].to(device)
     data = test.in_data_units(x).flatten(1).cpu().numpy()
-    recon = test.in_data_units(vae.reconstruct(x)).flatten(1).cpu().numpy()
+    code = (vae.encode(x) if mask is None else vae.encode(x, mask))["loc"]
+    recon = test.in_data_units(vae.decode(code).mean).flatten(1).cpu().numpy()
+    if mask is not None:
+        data[mask.flatten(1).cpu().numpy() == 0] = float("nan")
     draws = vae.decode(vae.prior().sample((n,)).to(device)).sample()  # x ~ p(x | z), z ~ p(z)
     samples = test.in_data_units(draws).flatten(1).cpu().numpy()
     written = [plots.plot_feature_histograms(data, recon, samples, run_dir / "features.png", test.feature_names),

@@ -204,7 +204,8 @@ def _evaluate_run(run_dir, num_samples, data_dir, context, max_chunk, progress, 
     probe_train = None
     if probe and context.is_main and train.labels is not None:  # binarized once with the run's seed
         probe_train = ImageDataset(train.get(torch.arange(len(train)), torch.Generator().manual_seed(seed)),
-                                   train.labels, "static" if train.binarization != "dequantize" else "none")
+                                   train.labels, "static" if train.binarization != "dequantize" else "none",
+                                   mask=train.mask)
     metrics = evaluate(model, test, num_samples, max_chunk=max_chunk, progress=progress, max_memory_gb=max_memory_gb,
                        probe_train=probe_train, latent_statistics=latent_statistics, context=context)
     if not context.is_main:
@@ -415,6 +416,7 @@ def impute_run(run_dir: str | os.PathLike, data: str | os.PathLike, out: str | o
 
     path = Path(data)
     suffix = Path(out).suffix.lower()
+    ensure_writable_dir(Path(out).parent, Path(out).name, create=False)  # a path that cannot be written: now
     out = check_sample_path(out, run_dir, suffix if suffix in (".csv", ".tsv") else ".csv")
     model, config, _ = load_run(run_dir, resolve_device(device), which)
     info = read_data_info(run_dir)

@@ -53,8 +53,8 @@ class FittedTransform:
                 raise DataError("the log1p transform needs non-negative values (counts); this data has negative ones: "
                                 "use transform 'standardize' or 'none'")
             return torch.log1p(x)
-        if self.kind == "binarize":
-            return (x >= self.threshold).float()
+        if self.kind == "binarize":  # a missing entry (NaN) stays missing
+            return torch.where(torch.isnan(x), x, (x >= self.threshold).float())
         return x
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,13 @@ def encode_all(model, data, chunk: int = 2000) -> torch.Tensor:
     """The codes of every data point of ``data`` (an :class:`~pyrovae.data.ArrayDataset` or a tensor
     ``(n, *x_shape)``): the mean of q(z|x), ``(n, z_dim)``, on the CPU."""
     device = device_of(model)
+    mask = getattr(data, "mask", None)  # a split with missing entries: the encoder reads the observed ones
     chunks = data.chunks(chunk) if hasattr(data, "chunks") else data.split(chunk)
-    return torch.cat([model.encode(x.to(device))["loc"].cpu() for x in chunks])
+    codes = []
+    for start, x in zip(range(0, len(data), chunk), chunks):
+        part = None if mask is None else mask[start:start + len(x)].to(device)
+        codes.append((model.encode(x.to(device)) if part is None else model.encode(x.to(device), part))["loc"].cpu())
+    return torch.cat(codes)
 
 
 def fit_latent_gmm(model, train, n_components: int = 10, seed: int = 0, covariance_type: str = "full"):
@@ -36,6 +41,7 @@ def fit_latent_gmm(model, train, n_components: int = 10, seed: int = 0, covarian
 
     checks.positive_int(n_components, "n_components")
     codes = encode_all(model, train).double().numpy()
+    n_components = min(n_components, len(codes))  # no more components than codes
     return GaussianMixture(n_components, covariance_type=covariance_type, random_state=seed,
                            reg_covar=1e-6).fit(codes)
 

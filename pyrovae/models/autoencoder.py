@@ -178,21 +178,21 @@ class Autoencoder(VAE):
         if self.variant == "denoising" and self.training:
             x = corrupt(x, self.corruption, self.corruption_level)
         with data_plate(x, num_data):
-            return pyro.sample("z", self.guide_family(self.encoder(x)))
+            return pyro.sample("z", self.guide_family(self.guide_features(x)))
 
     # --- the loss ------------------------------------------------------------------------------------
 
     def penalty(self, x: torch.Tensor) -> tuple[torch.Tensor, str | None]:
         """The variant's penalty per data point ``(batch,)`` and its name (zeros and None for plain/denoising)."""
         if self.variant == "sparse":
-            z = self.encoder(x)
+            z = self.guide_features(x)
             if self.sparsity == "l1":
                 return self.penalty_weight * z.abs().sum(-1), "sparsity"
             rho, rho_hat = self.sparsity_target, torch.sigmoid(z).mean(0).clamp(1e-6, 1 - 1e-6)
             kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
             return self.penalty_weight * kl.sum().expand(x.shape[0]), "sparsity"
         if self.variant == "contractive":
-            return self.penalty_weight * jacobian_frobenius(self.encoder, x), "contractive"
+            return self.penalty_weight * jacobian_frobenius(self.guide_features, x), "contractive"
         return x.new_zeros(x.shape[0]), None
 
     def objective_record(self, objective, batch, num_data: int, model=None, guide=None) -> LossRecord:

@@ -278,8 +278,14 @@ class Family(nn.Module):
 
     def num_observed_dims(self, *args) -> int:
         """How many numbers one data point's observed sites hold (for bits per dimension): by default all
-        of the first argument's, ``prod(x.shape[1:])``."""
-        return math.prod(args[0].shape[1:])
+        of the first argument's, ``prod(x.shape[1:])``; with a mask among the arguments (missing entries), the
+        mean number of observed entries per data point."""
+        x = args[0]
+        mask = next((a for a in args[1:] if isinstance(a, torch.Tensor) and a.shape == x.shape
+                     and a.is_floating_point()), None)
+        if mask is not None and mask.numel():
+            return float(mask.flatten(1).sum(1).mean())
+        return math.prod(x.shape[1:])
 
     # --- optional capabilities -----------------------------------------------------------------------------
 

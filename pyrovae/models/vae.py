@@ -238,10 +238,11 @@ class VAE(Family):
         check_data(x, self.x_shape, self.likelihood, self)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The parameters of q(z|x): for the default guide ``{"loc", "scale"}``, each ``(batch, z_dim)``."""
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The parameters of q(z|x): for the default guide ``{"loc", "scale"}``, each ``(batch, z_dim)``; with
+        ``mask`` (1 observed, 0 missing, the shape of ``x``) the encoder reads the observed entries only."""
         self.check_data(x)
-        return self.guide_family.params(self.guide_features(x))
+        return self.guide_family.params(self.guide_features(x, mask))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.distributions.Distribution:

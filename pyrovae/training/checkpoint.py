@@ -49,7 +49,7 @@ METRICS = "metrics.json"
 DATA = "data.json"
 LOCK = ".pyrovae.lock"
 #: The files of a run folder that no output of a command may replace.
-OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, DATA, LOCK)
+OWN_FILES = (CHECKPOINT, BEST, CONFIG, METRICS, DATA, LOCK, "metrics.csv")
 FORMAT = "pyrovae-checkpoint-v2"
 FORMAT_V1 = "pyrovae-checkpoint-v1"
 

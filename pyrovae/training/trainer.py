@@ -287,6 +287,10 @@ def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext
             raise ConfigError("the mixed likelihood needs the table's column types: read it with --data-option "
                               "schema=auto (inferred) or schema=FILE.json (DataConfig(data_options={'schema': ...}))")
         update["likelihood_options"] = {**likelihood_options, "schema": info.schema}
+    elif info is not None and info.schema is not None and state is None:
+        raise ConfigError(f"the data was read with a column schema (categories, counts, binary columns) for the "
+                          f"mixed likelihood, but the likelihood is {getattr(config.model, 'likelihood', None)!r}: "
+                          "train with --likelihood mixed, or read the table without --data-option schema")
     if update:
         config = config.model_copy(update={"model": config.model.replace(**update)})
     size = {k: v for k, v in config.model.model_dump().items() if k in ("z_dim", "hidden", "x_shape")}
