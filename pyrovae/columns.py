@@ -30,7 +30,22 @@ def label_text(value) -> str:
         return str(int(value))
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
         return str(int(value))
+    if isinstance(value, str):  # "3.0" read as text (a column written with NaN) is the label "3"
+        try:
+            number = float(value)
+        except ValueError:
+            return value.strip()
+        if math.isfinite(number) and number.is_integer():
+            return str(int(number))
     return str(value)
+
+
+def label_order(label: str):
+    """The sort key of category labels: numbers by value (2 before 10, for ordinal columns), then text."""
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)
 
 
 def normalize_schema(schema) -> list[dict]:

@@ -94,3 +94,15 @@ def test_the_gmm_sampler_takes_no_more_components_than_codes(tmp_path):
                        data=DataConfig(test_fraction=0.5), evaluation=EvaluationConfig(num_samples=2))
     runs.train_run(config, tmp_path / "run", progress=False, data=x)
     assert runs.sample_run(tmp_path / "run", n=4, sampler="gmm", data=x).exists()
+
+
+def test_a_schema_in_another_order_numeric_labels_and_float_text_codes(tmp_path):
+    from pyrovae.data.schema import encode_frame
+    frame = pd.DataFrame({"height": [1.5, 2.0, 1.7], "grade": ["2", "10", "1.0"], "visits": [3, 0, 1]})
+    schema = [{"name": "visits", "type": "count"}, {"name": "grade", "type": "ordinal"},
+              {"name": "height", "type": "real"}]
+    x, filled = encode_frame(frame, schema)
+    assert [c["name"] for c in filled] == ["height", "grade", "visits"]  # the table's order
+    assert filled[1]["categories"] == ["1", "2", "10"]  # by value, and "1.0" is the label "1"
+    np.testing.assert_array_equal(x[:, 1], [1, 2, 0])
+    np.testing.assert_array_equal(x[:, 2], [3, 0, 1])

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..columns import CODED, TYPES, label_text, normalize_schema
+from ..columns import CODED, TYPES, label_order, label_text, normalize_schema
 from ..errors import ConfigError, DataError
 
 def infer_schema(frame) -> list[dict]:
@@ -101,6 +101,7 @@ def encode_frame(frame, schema: list[dict], what: str = "the table") -> tuple[np
     absent = [n for n in known if n not in names]
     if absent:
         raise DataError(f"{what}: no column {absent[0]!r}, which the schema names; its columns are {', '.join(names)}")
+    schema = sorted(schema, key=lambda c: names.index(c["name"]))  # the table's column order, as its names are
     out = np.full((len(frame), len(schema)), np.nan, dtype=np.float32)
     filled = []
     for j, column in enumerate(schema):
@@ -114,7 +115,7 @@ def encode_frame(frame, schema: list[dict], what: str = "the table") -> tuple[np
         if kind in CODED:
             labels = [label_text(v) for v in values]
             if column.get("categories") is None:
-                column["categories"] = sorted(set(labels))
+                column["categories"] = sorted(set(labels), key=label_order)
                 column["num_classes"] = len(column["categories"])
                 if column["num_classes"] < 2:
                     raise DataError(f"{what}: column {name!r} has fewer than 2 categories ({column['categories']}); "
