@@ -371,3 +371,27 @@ def test_files_get_the_mode_the_umask_asks_for(tmp_path, data_files, umask, mode
             assert set(modes.values()) == {mode}, modes
     finally:
         os.umask(old)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_leaves_its_folder_as_it_was(tmp_path, monkeypatch):
+    """Ctrl-C or an error in the first epoch: nothing to resume, so the start files go and the same command
+    can start again."""
+    import pyrovae
+    from pyrovae.training import trainer
+    calls = []
+
+    def stop(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_epoch", stop)
+    config = RunConfig(model=VAEConfig(z_dim=2, hidden=(8,), likelihood="poisson"),
+                       trainer=TrainerConfig(epochs=2, batch_size=16))
+    data = torch.poisson(torch.full((40, 3), 2.0))
+    (tmp_path / "run").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        pyrovae.fit(config, tmp_path / "run", data=data, progress=False)
+    assert calls and sorted(p.name for p in (tmp_path / "run").iterdir()) == []
+    monkeypatch.undo()
+    model, history = pyrovae.fit(config, tmp_path / "run", data=data, progress=False)
+    assert len(history) == 2

@@ -137,6 +137,7 @@ class Autoencoder(VAE):
     kind = "autoencoder"
     config_class = AutoencoderConfig
     defines_likelihood: ClassVar[bool] = False
+    weighted_sites: ClassVar[tuple] = ()  # no KL term: beta and the KL warm-up have nothing to weigh
     takes_mask: ClassVar[bool] = False
     log_likelihood_of: ClassVar[str] = "none (an autoencoder defines no density of x)"
 

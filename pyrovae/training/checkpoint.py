@@ -252,6 +252,27 @@ def check_run_dir(run_dir: str | os.PathLike, resume: bool) -> None:
                               "Choose another output folder (--out), or empty this one")
 
 
+#: What a new run writes before its first checkpoint (removed again when it stops before one).
+START_FILES = (CONFIG, DATA, METRICS, "metrics.csv")
+
+
+def remove_start_files(run_dir: str | os.PathLike) -> None:
+    """Remove what a new run wrote at its start (:data:`START_FILES`, its TensorBoard folder) when it stopped
+    before its first checkpoint: the folder was empty when it began (see :func:`check_run_dir`), so this leaves
+    it as it was, and the same command can start again (there is nothing to ``--resume``)."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).exists():
+        return
+    for name in START_FILES:
+        path = run_dir / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    board = run_dir / "tensorboard"
+    if board.is_dir() and not board.is_symlink():
+        import shutil
+        shutil.rmtree(board, ignore_errors=True)
+
+
 def read_run_dir(run_dir: Path, resume: bool, load: Callable[[Path], dict] = load_checkpoint) -> dict | None:
     """The checkpoint to resume from, read with ``load`` (None for a new run); see :func:`check_run_dir`.
 
@@ -302,6 +323,9 @@ def _read_lock(path: Path) -> tuple[str | None, dict | None]:
     """The lock file's text and the owner it names (None for a file being written or garbled)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        if os.path.isdir(path):
+            os.close(fd)
+            raise IsADirectoryError(21, "is a folder", str(path))
     except FileNotFoundError:
         return None, None
     except OSError as e:
@@ -344,6 +368,9 @@ def _acquire(run_dir: Path, command: str) -> str:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
         except FileExistsError:
             pass
+        except OSError as e:  # a read-only or foreign folder: the lock cannot be taken
+            raise RunDirError(f"cannot take the lock of {run_dir} ({e.strerror or e}): the folder cannot be written; "
+                              "write elsewhere (sample and diagnose take --out)") from None
         else:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
@@ -435,8 +462,9 @@ def run_dir_lock(run_dir: str | os.PathLike, command: str = "", create: bool = F
         raise
     _HELD[key] = 1
     try:
-        for name in OWN_FILES[:-1]:  # a link among them is refused before anything is computed or written
-            own_file(run_dir, name)
+        for name in OWN_FILES:  # a link among them is refused before anything is computed or written
+            if name != LOCK:
+                own_file(run_dir, name)
         removed = remove_stale_temporaries(run_dir)
         if removed:
             log.info("removed %d temporary file(s) left by interrupted writes in %s: %s", len(removed), run_dir,

@@ -34,8 +34,8 @@ from ..inference.objectives import kl_method, make_elbo
 from ..models.base import Family, Stage, family_for
 from ..torchtools import parameter_count, rng_kept
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, check_run_dir, check_same_data, read_data_info, read_run_dir,
-                         restore_rng_state, rng_state, run_config, run_dir_lock, save_checkpoint, write_data_info,
-                         write_metrics)
+                         remove_start_files, restore_rng_state, rng_state, run_config, run_dir_lock, save_checkpoint,
+                         write_data_info, write_metrics)
 from .config import RunConfig
 from .distributed import DistributedContext, init_distributed
 from .optim import flush_denormals, kl_weight_at, lr_factor, make_optimizer, resolve_device
@@ -249,7 +249,12 @@ def fit(config: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     ctx.on_main(lambda: check_run_dir(run_dir, resume))  # a refused folder is not even locked
     with contextlib.ExitStack() as lock:  # rank 0 alone writes, and holds the run folder's lock
         ctx.on_main(lambda: lock.enter_context(run_dir_lock(run_dir, "train", create=True)) and None)
-        return _fit(config, run_dir, resume, ctx, data, progress, on_epoch_end, data_info)
+        try:
+            return _fit(config, run_dir, resume, ctx, data, progress, on_epoch_end, data_info)
+        except BaseException:  # stopped (Ctrl-C, an error) before the first checkpoint: leave the folder as it was
+            if not resume and ctx.is_main:
+                remove_start_files(run_dir)
+            raise
 
 
 def _fit(config: RunConfig, run_dir: Path, resume: bool, ctx: DistributedContext, data, progress: bool | None,
