@@ -18,6 +18,10 @@ from pyrovae import VAE
 from pyrovae.components import likelihoods as L
 from pyrovae.models import VAEConfig
 
+from .test_likelihoods_counts import CASES as COUNT_CASES
+from .test_likelihoods_counts import IDS as COUNT_IDS
+from .test_likelihoods_counts import draw as draw_counts
+
 # (registry name, constructor options): every shipped likelihood, and each option that changes num_params
 CASES = [
     ("bernoulli", {}),
@@ -160,12 +164,16 @@ def test_num_params_is_what_the_decoder_is_built_with(name, options):
 # --- support checks -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, options", CASES, ids=IDS)
-def test_own_samples_pass_check_support_and_nan_or_ints_do_not(name, options):
+@pytest.mark.parametrize("name, options, sampler", [(n, o, draw) for n, o in CASES] +
+                         [(n, o, draw_counts) for n, o in COUNT_CASES], ids=IDS + COUNT_IDS)
+def test_own_samples_pass_check_support_and_nan_or_ints_do_not(name, options, sampler):
     lik = make(name, options)
-    x = draw(lik, 32)
+    x = sampler(lik, 32)
     lik.check_support(x)
     x[3, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN or infinite values"):
+        lik.check_support(x)
+    x[3, 0, 1] = float("inf")
     with pytest.raises(ValueError, match="1 NaN or infinite values"):
         lik.check_support(x)
     with pytest.raises(ValueError, match=r"floating-point.*x\.float\(\)"):
